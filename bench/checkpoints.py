@@ -1,0 +1,119 @@
+"""Checkpoints: ``weights.safetensors`` + ``meta.json``; sha256 verified on load; never unpickled."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from bench.errors import CheckpointError
+from bench.models import build_model
+
+WEIGHTS_FILE = "weights.safetensors"
+META_FILE = "meta.json"
+META_FORMAT = 1
+REQUIRED_META = ("format", "arch", "arch_params", "input_shape", "num_classes", "mean", "std",
+                 "dataset", "defense", "hparams", "seed", "epoch", "sha256")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint on disk: its folder and parsed meta.json."""
+
+    path: Path
+    meta: dict[str, Any]
+
+    @property
+    def sha256(self) -> str:
+        return str(self.meta["sha256"])
+
+    def build(self) -> nn.Module:
+        """An untrained model of the recorded architecture."""
+        return build_model(self.meta["arch"], self.meta["input_shape"], self.meta["num_classes"],
+                           self.meta["mean"], self.meta["std"], **self.meta["arch_params"])
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any]) -> Checkpoint:
+    """Write ``model``'s state and ``meta`` (plus the weights' sha256) into ``folder`` atomically.
+
+    meta.json is written last, so a folder with a meta.json always has matching weights."""
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = folder / WEIGHTS_FILE
+    _atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
+    full_meta = {"format": META_FORMAT, **meta, "sha256": file_sha256(weights)}
+    missing = [k for k in REQUIRED_META if k not in full_meta]
+    if missing:
+        raise CheckpointError(f"checkpoint meta lacks {missing}")
+    text = json.dumps(full_meta, indent=2, sort_keys=True)
+    _atomic_write(folder / META_FILE, lambda tmp: tmp.write_text(text))
+    return Checkpoint(folder, full_meta)
+
+
+def read_checkpoint(folder: str | Path) -> Checkpoint:
+    """Parse meta.json of a checkpoint folder (no weights are read)."""
+    folder = Path(folder)
+    meta_path = folder / META_FILE
+    if not meta_path.is_file() or not (folder / WEIGHTS_FILE).is_file():
+        raise CheckpointError(f"{folder}: expected a checkpoint folder with {WEIGHTS_FILE} and "
+                              f"{META_FILE}")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({err})") from None
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{meta_path}: missing fields {missing}")
+    return Checkpoint(folder, meta)
+
+
+def verify_checkpoint(checkpoint: Checkpoint) -> None:
+    """Raise if the weights file's sha256 differs from the one recorded in meta.json."""
+    actual = file_sha256(checkpoint.path / WEIGHTS_FILE)
+    if actual != checkpoint.sha256:
+        raise CheckpointError(f"{checkpoint.path / WEIGHTS_FILE}: sha256 {actual} does not match "
+                              f"the recorded {checkpoint.sha256}; the file was modified or corrupted")
+
+
+def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Verify, build and load a checkpoint; the model is returned in eval mode on ``device``."""
+    checkpoint = read_checkpoint(folder)
+    verify_checkpoint(checkpoint)
+    model = checkpoint.build()
+    state = load_file(str(checkpoint.path / WEIGHTS_FILE))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"{checkpoint.path}: weights do not fit architecture "
+                              f"{checkpoint.meta['arch']!r}: {str(err).splitlines()[0]}") from None
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,219 @@
+"""``advarena``: run a benchmark suite, train, evaluate a checkpoint, print the leaderboard."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from bench.errors import AdvarenaError, ConfigError
+
+DEFAULT_WORKDIR = "advarena-runs"
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("where results go")
+    group.add_argument("--workdir", default=DEFAULT_WORKDIR, type=Path,
+                       help="folder for the database and checkpoints (default: ./%(default)s)")
+    group.add_argument("--db", default=None, metavar="URL",
+                       help="SQLAlchemy database URL (default: sqlite:///WORKDIR/advarena.db)")
+    group.add_argument("--data-root", default=None, metavar="DIR",
+                       help="folder holding file-based datasets (mnist, fashion-mnist, cifar10, "
+                            "cifar100, svhn) in their standard formats")
+    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                       help="where to train and attack; auto = cuda when available (default: auto)")
+    group.add_argument("--threads", type=int, default=None,
+                       help="torch CPU threads (default: torch's choice)")
+    group.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    group.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="advarena",
+        description="Benchmark adversarial-robustness defenses: train them, attack them all the same "
+                    "way, store every per-example outcome, and compare them on a leaderboard.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train what is missing, evaluate what is missing, print the leaderboard",
+                         description="Run a benchmark suite end to end. Jobs whose content key is already "
+                                     "stored are skipped, so re-running is cheap and an interrupted run resumes.")
+    run.add_argument("suite", nargs="?", default="default",
+                     help="shipped suite name or path to a suite .yaml (default: %(default)s)")
+    run.add_argument("--protocol", default=None,
+                     help="override the suite's protocol: shipped name or path to a .yaml")
+    _add_common(run)
+
+    train = sub.add_parser("train", help="train the suite's missing defenses and surrogates only",
+                           description="Train every defense and surrogate of a suite whose training run is "
+                                       "not stored yet; evaluate nothing.")
+    train.add_argument("suite", nargs="?", default="default",
+                       help="shipped suite name or path to a suite .yaml (default: %(default)s)")
+    _add_common(train)
+
+    evaluate = sub.add_parser("eval", help="evaluate one checkpoint under a protocol and store the results",
+                              description="Attack one checkpoint folder (weights.safetensors + meta.json) with "
+                                          "every attack of a protocol.")
+    evaluate.add_argument("checkpoint", type=Path, help="checkpoint folder")
+    evaluate.add_argument("--protocol", default="quick",
+                          help="shipped protocol name or path to a .yaml (default: %(default)s)")
+    evaluate.add_argument("--source", action="append", default=[], metavar="ROLE=CHECKPOINT",
+                          help="checkpoint folder of the transfer source named ROLE in the protocol "
+                               "(repeatable); transfer attacks without a source are an error")
+    _add_common(evaluate)
+
+    board = sub.add_parser("leaderboard", help="print the leaderboard from the store",
+                           description="Benign accuracy, robust accuracy per attack and sec/epoch of every "
+                                       "stored defense evaluated under a protocol; nothing is recomputed.")
+    board.add_argument("--protocol", default="quick", help="protocol name (default: %(default)s)")
+    board.add_argument("--format", default="table", choices=["table", "csv", "json"],
+                       help="output format (default: %(default)s)")
+    _add_common(board)
+
+    listing = sub.add_parser("list", help="list registered names (wildcards allowed)",
+                             description="List datasets, models, defenses, attacks, or shipped protocols "
+                                         "and suites.")
+    listing.add_argument("kind", choices=["datasets", "models", "defenses", "attacks", "protocols", "suites"],
+                         help="what to list")
+    listing.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard (default: *)")
+    return parser
+
+
+def _context(args: argparse.Namespace):
+    from bench.runner import Context
+    from results.store import Store, default_url
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and
+                                                              torch.cuda.is_available()) else "cpu")
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    store = Store(args.db or default_url(args.workdir))
+    return Context(store=store, workdir=args.workdir.resolve(), device=device, data_root=args.data_root,
+                   progress=not args.no_progress)
+
+
+def _print_leaderboard(ctx, protocol: str, fmt: str = "table") -> None:
+    from results.leaderboard import format_table, leaderboard
+
+    table = leaderboard(ctx.store, protocol)
+    if fmt == "csv":
+        sys.stdout.write(table.to_csv(index=False))
+    elif fmt == "json":
+        sys.stdout.write(table.to_json(orient="records", indent=2) + "\n")
+    else:
+        print(format_table(table, protocol))
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from bench.runner import run_suite
+    from bench.suite import load_protocol, load_suite
+
+    suite = load_suite(args.suite)
+    protocol = load_protocol(args.protocol or suite.protocol)
+    ctx = _context(args)
+    run_suite(suite, protocol, ctx)
+    _print_leaderboard(ctx, protocol.name)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from bench.runner import load_suite_dataset, train_suite
+    from bench.suite import load_protocol, load_suite
+
+    suite = load_suite(args.suite)
+    ctx = _context(args)
+    dataset, dataset_id = load_suite_dataset(load_protocol(suite.protocol), ctx)
+    defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
+    for trained in [*surrogates.values(), *defenses]:
+        print(f"{trained.job.label}: {trained.checkpoint_path}")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from bench.checkpoints import load_checkpoint
+    from bench.datasets import load_dataset
+    from bench.evaluate import SourceModel
+    from bench.runner import ensure_evaluated
+    from bench.suite import load_protocol
+
+    protocol = load_protocol(args.protocol)
+    ctx = _context(args)
+    model, checkpoint = load_checkpoint(args.checkpoint, ctx.device)
+    dataset = load_dataset(protocol.dataset, ctx.data_root)
+    if checkpoint.meta["dataset"].get("fingerprint") not in (None, dataset.fingerprint()):
+        logging.getLogger("advarena").warning("checkpoint was trained on other data than %s", dataset.name)
+    sources = {}
+    for item in args.source:
+        role, _, folder = item.partition("=")
+        if not role or not folder:
+            raise ConfigError(f"--source expects ROLE=CHECKPOINT, got {item!r}")
+        source_model, source_ckpt = load_checkpoint(folder, ctx.device)
+        source_id = ctx.store.add_checkpoint(None, source_ckpt.sha256, str(source_ckpt.path),
+                                             source_ckpt.meta, final=True)
+        sources[role] = SourceModel(source_model, source_ckpt.sha256, source_id)
+    checkpoint_id = ctx.store.add_checkpoint(None, checkpoint.sha256, str(checkpoint.path), checkpoint.meta,
+                                             final=True)
+    label = checkpoint.meta.get("label", checkpoint.path.name)
+    ran = ensure_evaluated(model, checkpoint, checkpoint_id, dataset, protocol, sources, ctx, label)
+    print(f"{label}: {'evaluated' if ran else 'already evaluated'} under {protocol.name} v{protocol.version}")
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> None:
+    _print_leaderboard(_context(args), args.protocol, args.format)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from bench.suite import shipped_names
+
+    if args.kind in ("protocols", "suites"):
+        import fnmatch
+
+        for name in shipped_names(args.kind[:-1]):
+            if fnmatch.fnmatchcase(name, args.pattern):
+                print(name)
+        return
+    registry = _registry(args.kind)
+    for name in registry.list(args.pattern):
+        entry = registry.get(name)
+        print(f"{name:18s} {entry.summary}")
+
+
+def _registry(kind: str):
+    if kind == "datasets":
+        from bench.datasets import DATASETS as registry
+    elif kind == "models":
+        from bench.models import MODELS as registry
+    elif kind == "defenses":
+        from defenses import DEFENSES as registry
+    else:
+        from attacks import ATTACKS as registry
+    return registry
+
+
+COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard,
+            "list": cmd_list}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    try:
+        COMMANDS[args.command](args)
+    except AdvarenaError as err:
+        print(f"advarena: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("advarena: interrupted; stored jobs are kept, re-run to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Closed vocabularies (RobustBench style): norms and devices."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Norm(str, Enum):
+    """Threat-model norm of a perturbation."""
+
+    LINF = "linf"
+    L2 = "l2"
+    L1 = "l1"
+
+    @classmethod
+    def parse(cls, value: "str | Norm") -> "Norm":
+        """Accept 'linf', 'Linf', 'inf', 'l2', 'L2', '2' ...; raise a clear error otherwise."""
+        if isinstance(value, Norm):
+            return value
+        text = str(value).strip().lower().replace("_", "")
+        aliases = {"linf": cls.LINF, "inf": cls.LINF, "l-inf": cls.LINF, "l2": cls.L2, "2": cls.L2,
+                   "l1": cls.L1, "1": cls.L1}
+        if text not in aliases:
+            from bench.errors import ConfigError
+
+            raise ConfigError(f"unknown norm {value!r}: expected one of linf, l2, l1")
+        return aliases[text]

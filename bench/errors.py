@@ -1,0 +1,32 @@
+"""User-facing errors: each says what was expected and what was given, and maps to one exit code."""
+
+from __future__ import annotations
+
+
+class AdvarenaError(Exception):
+    """Base class of every error advarena reports to a user as one clear message."""
+
+    exit_code = 2
+
+
+class UnknownNameError(AdvarenaError, KeyError):
+    """A registry lookup for a name that is not registered."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ConfigError(AdvarenaError, ValueError):
+    """A suite, protocol, parameter or input that does not match its schema."""
+
+
+class DataError(AdvarenaError, FileNotFoundError):
+    """A dataset that cannot be found or read."""
+
+
+class CheckpointError(AdvarenaError, ValueError):
+    """A checkpoint whose files are missing, corrupt, or for another architecture."""
+
+
+class TrainingDivergedError(AdvarenaError, FloatingPointError):
+    """A training loss became NaN or infinite."""

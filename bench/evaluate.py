@@ -1,0 +1,136 @@
+"""The standardized evaluator: attack one model with every attack of a protocol on the protocol's
+fixed eval subset, and return per-attack aggregates plus per-example rows ready for the store."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from attacks import ATTACKS, Attack
+from attacks.base import canonical_hash
+from bench.datasets import Dataset
+from bench.errors import ConfigError
+from bench.suite import AttackSpec, Protocol
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """A transfer source: the surrogate model and its checkpoint sha256."""
+
+    model: nn.Module
+    sha256: str
+    checkpoint_id: int | None = None
+
+
+def eval_subset(n_test: int, size: int, seed: int) -> np.ndarray:
+    """The protocol's eval indices into the test split: all of it when ``size >= n_test``, else
+    ``size`` indices drawn without replacement by ``np.random.RandomState(seed)``; sorted."""
+    if size >= n_test:
+        return np.arange(n_test)
+    return np.sort(np.random.RandomState(seed).choice(n_test, size=size, replace=False))
+
+
+def subset_hash(indices: np.ndarray) -> str:
+    return canonical_hash([int(i) for i in indices])
+
+
+def build_attack(spec: AttackSpec, sources: dict[str, SourceModel]) -> Attack:
+    """Instantiate a protocol attack; a transfer attack gets its source model here."""
+    if spec.attack != "transfer":
+        return ATTACKS.create(spec.attack, **spec.params)
+    if spec.source not in sources:
+        raise ConfigError(f"attack {spec.id!r} needs surrogate {spec.source!r}, which the suite does "
+                          f"not define (defined: {sorted(sources) or 'none'})")
+    source = sources[spec.source]
+    return ATTACKS.create("transfer", base=spec.params["base"],
+                          base_params=spec.params.get("base_params", {}),
+                          source_model=source.model, source_id=source.sha256)
+
+
+def evaluation_key(checkpoint_sha: str, protocol: Protocol, subset: str,
+                   attacks: dict[str, Attack]) -> str:
+    """Content key of an evaluation: checkpoint, protocol content, subset and resolved attacks."""
+    return canonical_hash({"checkpoint": checkpoint_sha, "protocol": protocol.content_hash(),
+                           "subset": subset, "attacks": {k: a.key() for k, a in attacks.items()}})
+
+
+def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        preds = [model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)]
+    model.train(was_training)
+    return torch.cat(preds)
+
+
+def _run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                batch_size: int, progress: bool, label: str) -> dict[str, Any]:
+    generator = attack.make_generator(x.device)
+    parts: dict[str, list[torch.Tensor]] = {"success": [], "pred": [], "l2": [], "linf": []}
+    forward = backward = 0
+    start = time.perf_counter()
+    for begin in tqdm(range(0, x.shape[0], batch_size), desc=label, leave=False, unit="batch",
+                      disable=None if progress else True):
+        result = attack(model, x[begin:begin + batch_size], y[begin:begin + batch_size], generator)
+        for name in parts:
+            parts[name].append(getattr(result, name).detach().cpu())
+        forward += result.forward_passes
+        backward += result.backward_passes
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "forward": forward, "backward": backward,
+            **{name: torch.cat(values) for name, values in parts.items()}}
+
+
+def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
+                   sources: dict[str, SourceModel], device: torch.device, progress: bool = True,
+                   label: str = "") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Attack ``model`` with every protocol attack; returns (evaluation fields, attack rows)."""
+    indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
+    x = dataset.x_test[indices].to(device)
+    y = dataset.y_test[indices].to(device)
+    start = time.perf_counter()
+    clean_correct = (_predict(model, x, protocol.batch_size) == y).cpu()
+    attacks = {spec.id: build_attack(spec, sources) for spec in protocol.attacks}
+    rows = []
+    for spec in protocol.attacks:
+        attack = attacks[spec.id]
+        outcome = _run_attack(attack, model, x, y, protocol.batch_size, progress,
+                              f"{label} {spec.id}".strip())
+        rows.append(_attack_row(spec, attack, outcome, clean_correct, y.cpu(), indices, sources))
+    subset = subset_hash(indices)
+    evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,
+                  "protocol_hash": protocol.content_hash(), "subset_hash": subset,
+                  "n_examples": int(len(indices)), "benign_accuracy": float(clean_correct.float().mean()),
+                  "seconds": time.perf_counter() - start}
+    return evaluation, rows
+
+
+def _attack_row(spec: AttackSpec, attack: Attack, outcome: dict[str, Any], clean_correct: torch.Tensor,
+                y: torch.Tensor, indices: np.ndarray, sources: dict[str, SourceModel]) -> dict[str, Any]:
+    adv_correct = outcome["pred"] == y
+    success = outcome["success"]
+    on_correct = success[clean_correct]
+    fooled_l2 = outcome["l2"][success & clean_correct].tolist()
+    examples = [{"example_index": int(i), "label": int(lab), "clean_correct": bool(c), "adv_correct": bool(a),
+                 "success": bool(s), "l2": float(l2), "linf": float(li), "pred": int(p)}
+                for i, lab, c, a, s, l2, li, p in zip(indices, y.tolist(), clean_correct.tolist(),
+                                                      adv_correct.tolist(), success.tolist(),
+                                                      outcome["l2"].tolist(), outcome["linf"].tolist(),
+                                                      outcome["pred"].tolist())]
+    source = sources.get(spec.source) if spec.source else None
+    return {"attack_id": spec.id, "attack": spec.attack, "attack_key": attack.key(), "config": attack.config(),
+            "threat": spec.threat, "norm": attack.norm.value if attack.norm else None, "eps": attack.eps,
+            "source_checkpoint_id": source.checkpoint_id if source else None,
+            "n_examples": len(examples), "robust_accuracy": float(adv_correct.float().mean()),
+            "success_rate": float(on_correct.float().mean()) if on_correct.numel() else 0.0,
+            "mean_l2": statistics.fmean(fooled_l2) if fooled_l2 else None,
+            "median_l2": statistics.median(fooled_l2) if fooled_l2 else None,
+            "forward_passes": outcome["forward"], "backward_passes": outcome["backward"],
+            "seconds": outcome["seconds"], "examples": examples}

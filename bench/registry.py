@@ -1,0 +1,99 @@
+"""timm-style registries: ``@registry.register("name", **metadata)``, a validating factory and
+a wildcard listing. Used for datasets, models, defenses and attacks alike."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, TypeVar
+
+from bench.errors import ConfigError, UnknownNameError
+
+T = TypeVar("T", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class RegistryEntry(Generic[T]):
+    """One registered factory with its metadata (paper, strength knob, input kind ...)."""
+
+    name: str
+    factory: T
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> str:
+        """First line of the factory's docstring."""
+        doc = inspect.getdoc(self.factory) or ""
+        return doc.splitlines()[0] if doc else ""
+
+    def parameters(self) -> dict[str, inspect.Parameter]:
+        """Keyword parameters the factory accepts (positional-only and *args excluded)."""
+        params = inspect.signature(self.factory).parameters
+        return {n: p for n, p in params.items()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+
+class Registry(Generic[T]):
+    """A named collection of factories of one kind ("attack", "defense", "model", "dataset")."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: dict[str, RegistryEntry[T]] = {}
+
+    def register(self, name: str, **metadata: Any) -> Callable[[T], T]:
+        """Decorator registering ``factory`` under ``name``; a second use of a name is an error."""
+
+        def decorate(factory: T) -> T:
+            if name in self._entries:
+                raise ConfigError(f"{self.kind} {name!r} is already registered "
+                                  f"(by {self._entries[name].factory.__module__})")
+            self._entries[name] = RegistryEntry(name, factory, dict(metadata))
+            return factory
+
+        return decorate
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, name: str) -> RegistryEntry[T]:
+        """The entry for ``name``, or an error naming close matches and the full list."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} "
+                                   f"(registered: {', '.join(sorted(self._entries))})") from None
+
+    def list(self, pattern: str = "*") -> list[str]:
+        """Registered names matching a shell-style wildcard, sorted."""
+        return sorted(n for n in self._entries if fnmatch.fnmatchcase(n, pattern))
+
+    def check_params(self, name: str, params: dict[str, Any], reserved: tuple[str, ...] = ()) -> None:
+        """Raise a clear error if ``params`` names a parameter the factory does not accept."""
+        entry = self.get(name)
+        accepted = {n for n in entry.parameters() if n not in reserved}
+        takes_kwargs = any(p.kind is p.VAR_KEYWORD
+                           for p in inspect.signature(entry.factory).parameters.values())
+        unknown = sorted(set(params) - accepted)
+        if unknown and not takes_kwargs:
+            raise ConfigError(f"{self.kind} {name!r} got unknown parameter(s) {unknown}; "
+                              f"accepted: {sorted(accepted)}")
+
+    def create(self, name: str, /, *args: Any, **params: Any) -> Any:
+        """Validate ``params`` against the factory's signature, then call it."""
+        self.check_params(name, params)
+        factory = self.get(name).factory
+        try:
+            inspect.signature(factory).bind(*args, **params)
+        except TypeError as err:
+            raise ConfigError(f"{self.kind} {name!r}: {err}") from None
+        return factory(*args, **params)

@@ -1,0 +1,167 @@
+"""The local executor: train what is missing, evaluate what is missing, in order, with progress
+bars. Every job is skipped when its content key is already stored, so an interrupted run resumes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from bench.checkpoints import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint, verify_checkpoint
+from bench.datasets import Dataset, load_dataset
+from bench.environment import environment_record
+from bench.errors import AdvarenaError, CheckpointError
+from bench.evaluate import SourceModel, build_attack, eval_subset, evaluate_model, evaluation_key, subset_hash
+from bench.jobs import TrainJob, plan_training
+from bench.models import build_model
+from bench.suite import Protocol, Suite
+from defenses import EpochRecord, build_trainer
+from results.store import Store
+
+log = logging.getLogger("advarena")
+
+
+@dataclass
+class Context:
+    """Where and how jobs run."""
+
+    store: Store
+    workdir: Path
+    device: torch.device
+    data_root: str | None = None
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    job: TrainJob
+    checkpoint_id: int
+    checkpoint_path: Path
+    sha256: str
+
+
+def build_untrained(job: TrainJob, dataset: Dataset) -> nn.Module:
+    """The job's architecture, initialized from the job's seed without disturbing the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(job.seed)
+        return build_model(job.arch, dataset.input_shape, dataset.num_classes, dataset.channel_mean,
+                           dataset.channel_std, **job.arch_params)
+
+
+def _checkpoint_meta(job: TrainJob, dataset: Dataset, epoch: int, record: EpochRecord,
+                     device: torch.device, key: str) -> dict:
+    return {"arch": job.arch, "arch_params": job.arch_params, "input_shape": list(dataset.input_shape),
+            "num_classes": dataset.num_classes, "mean": list(dataset.channel_mean),
+            "std": list(dataset.channel_std),
+            "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint()},
+            "defense": job.defense, "hparams": job.hparams, "seed": job.seed, "epoch": epoch,
+            "benign_accuracy": record.test_accuracy, "label": job.label, "run_key": key,
+            "environment": environment_record(device)}
+
+
+def ensure_trained(job: TrainJob, dataset: Dataset, dataset_id: int, ctx: Context) -> TrainedModel:
+    """Return the job's final checkpoint, training it first unless its key is stored and verifies."""
+    key = job.key(dataset.fingerprint())
+    done = ctx.store.finished_run(key)
+    if done is not None:
+        row = ctx.store.final_checkpoint(done.id)
+        if row is not None:
+            try:
+                on_disk = read_checkpoint(row.path)
+                verify_checkpoint(on_disk)
+                if on_disk.sha256 != row.sha256:
+                    raise CheckpointError(f"{row.path} holds another checkpoint than the stored one")
+                log.info("%s: trained already (run %s), skipping", job.label, key[:12])
+                return TrainedModel(job, row.id, Path(row.path), row.sha256)
+            except AdvarenaError as err:
+                log.warning("%s: stored checkpoint unusable (%s); retraining", job.label, err)
+    return _train(job, key, dataset, dataset_id, ctx)
+
+
+def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Context) -> TrainedModel:
+    folder = ctx.workdir / "checkpoints" / f"{job.label}-{key[:12]}"
+    run_id = ctx.store.start_run(key, label=job.label, role=job.role, defense=job.defense,
+                                 hparams=job.hparams, arch=job.arch, arch_params=job.arch_params,
+                                 dataset_id=dataset_id, seed=job.seed,
+                                 environment=environment_record(ctx.device))
+    trainer = build_trainer(job.defense, job.hparams)
+    model = build_untrained(job, dataset).to(ctx.device)
+    epochs = trainer.common.epochs
+
+    def record_epoch(epoch: int, trained: nn.Module, record: EpochRecord) -> None:
+        ctx.store.add_epoch(run_id, vars(record).copy())
+        if job.save_every_epoch and epoch < epochs:
+            saved = save_checkpoint(folder / f"epoch-{epoch:03d}", trained,
+                                    _checkpoint_meta(job, dataset, epoch, record, ctx.device, key))
+            ctx.store.add_checkpoint(run_id, saved.sha256, str(saved.path), saved.meta, final=False)
+
+    log.info("%s: training %s on %s (seed %d, %d epochs)", job.label, job.defense, job.arch, job.seed, epochs)
+    start = time.perf_counter()
+    try:
+        result = trainer.fit(model, dataset, job.seed, [record_epoch], progress=ctx.progress)
+    except BaseException as err:
+        ctx.store.fail_run(run_id, f"{type(err).__name__}: {err}")
+        raise
+    final = save_checkpoint(folder / "final", result.model,
+                            _checkpoint_meta(job, dataset, epochs, result.epochs[-1], ctx.device, key))
+    checkpoint_id = ctx.store.add_checkpoint(run_id, final.sha256, str(final.path), final.meta, final=True)
+    ctx.store.finish_run(run_id, time.perf_counter() - start)
+    log.info("%s: trained in %.1fs, test accuracy %.2f%%", job.label, time.perf_counter() - start,
+             100 * result.epochs[-1].test_accuracy)
+    return TrainedModel(job, checkpoint_id, final.path, final.sha256)
+
+
+def ensure_evaluated(model: nn.Module, checkpoint: Checkpoint, checkpoint_id: int, dataset: Dataset,
+                     protocol: Protocol, sources: dict[str, SourceModel], ctx: Context,
+                     label: str) -> bool:
+    """Evaluate unless the evaluation's content key is stored; True when it ran."""
+    indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
+    attacks = {spec.id: build_attack(spec, sources) for spec in protocol.attacks}
+    key = evaluation_key(checkpoint.sha256, protocol, subset_hash(indices), attacks)
+    if ctx.store.has_evaluation(key):
+        log.info("%s: evaluated already under %s v%d, skipping", label, protocol.name, protocol.version)
+        return False
+    log.info("%s: evaluating under protocol %s v%d", label, protocol.name, protocol.version)
+    evaluation, rows = evaluate_model(model, dataset, protocol, sources, ctx.device, ctx.progress, label)
+    ctx.store.save_evaluation({**evaluation, "key": key, "checkpoint_id": checkpoint_id,
+                               "environment": environment_record(ctx.device)}, rows)
+    return True
+
+
+def _load(trained: TrainedModel, device: torch.device) -> tuple[nn.Module, Checkpoint]:
+    model, checkpoint = load_checkpoint(trained.checkpoint_path, device)
+    if checkpoint.sha256 != trained.sha256:
+        raise CheckpointError(f"{trained.checkpoint_path}: sha256 changed since it was stored")
+    return model, checkpoint
+
+
+def load_suite_dataset(protocol: Protocol, ctx: Context) -> tuple[Dataset, int]:
+    dataset = load_dataset(protocol.dataset, ctx.data_root)
+    return dataset, ctx.store.dataset_id(dataset.fingerprint(), dataset.describe())
+
+
+def train_suite(suite: Suite, dataset: Dataset, dataset_id: int,
+                ctx: Context) -> tuple[list[TrainedModel], dict[str, TrainedModel]]:
+    """Train every missing defense and surrogate of the suite."""
+    defense_jobs, surrogate_jobs = plan_training(suite)
+    surrogates = {role: ensure_trained(job, dataset, dataset_id, ctx) for role, job in surrogate_jobs.items()}
+    defenses = [ensure_trained(job, dataset, dataset_id, ctx) for job in defense_jobs]
+    return defenses, surrogates
+
+
+def run_suite(suite: Suite, protocol: Protocol, ctx: Context) -> None:
+    """``advarena run``: train what is missing, then evaluate every defense under the protocol."""
+    dataset, dataset_id = load_suite_dataset(protocol, ctx)
+    defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
+    sources = {}
+    for role, trained in surrogates.items():
+        source_model, _ = _load(trained, ctx.device)
+        sources[role] = SourceModel(source_model, trained.sha256, trained.checkpoint_id)
+    for trained in defenses:
+        model, checkpoint = _load(trained, ctx.device)
+        ensure_evaluated(model, checkpoint, trained.checkpoint_id, dataset, protocol, sources, ctx,
+                         trained.job.label)

@@ -1,0 +1,214 @@
+"""Suite and protocol files: YAML validated by pydantic. A bad field is one error naming its path.
+
+A *protocol* (shipped, versioned) fixes what makes results comparable: dataset, eval subset and
+the exact attack list. A *suite* says what to train: defenses with hyper-parameters and seeds,
+on which architecture, plus the surrogates that transfer attacks use as sources."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from attacks.base import canonical_hash
+from bench.errors import AdvarenaError, ConfigError
+
+CONFIG_PACKAGE = "bench.configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AttackSpec(_Strict):
+    """One attack of a protocol: a stable ``id``, the registry name and every parameter."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.@+-]+$", max_length=64)
+    attack: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    #: Transfer attacks only: the suite surrogate role whose model crafts the adversarials.
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "AttackSpec":
+        from attacks import ATTACKS
+
+        ATTACKS.get(self.attack)
+        if self.attack == "transfer":
+            if not self.source:
+                raise ValueError("a transfer attack needs 'source' (a surrogate role of the suite)")
+            extra = set(self.params) - {"base", "base_params"}
+            if extra or "base" not in self.params:
+                raise ValueError(f"transfer params are 'base' and 'base_params', got {sorted(self.params)}")
+            ATTACKS.create(self.params["base"], **self.params.get("base_params", {}))
+        else:
+            if self.source is not None:
+                raise ValueError(f"'source' is only for transfer attacks, not {self.attack!r}")
+            ATTACKS.create(self.attack, **self.params)
+        return self
+
+    @property
+    def threat(self) -> str:
+        return "black-box" if self.attack == "transfer" else "white-box"
+
+
+class EvalSubset(_Strict):
+    size: int = Field(gt=0)
+    seed: int = 0
+
+
+class Protocol(_Strict):
+    name: str
+    version: int = Field(ge=1)
+    description: str = ""
+    dataset: str
+    eval_subset: EvalSubset
+    batch_size: int = Field(default=250, gt=0)
+    attacks: list[AttackSpec] = Field(min_length=1)
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, value: str) -> str:
+        from bench.datasets import DATASETS
+
+        DATASETS.get(value)
+        return value
+
+    @field_validator("attacks")
+    @classmethod
+    def _unique_ids(cls, attacks: list[AttackSpec]) -> list[AttackSpec]:
+        ids = [a.id for a in attacks]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"attack ids must be unique, repeated: {duplicates}")
+        return attacks
+
+    def content_hash(self) -> str:
+        return canonical_hash(self.model_dump())
+
+
+class ModelSpec(_Strict):
+    arch: str = "mnist-cnn"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSpec":
+        from bench.models import MODELS
+        from bench.models.base import DATA_ARGS
+
+        MODELS.check_params(self.arch, self.params, reserved=DATA_ARGS)
+        return self
+
+
+class TrainSpec(_Strict):
+    """A trained entry: a defense with hyper-parameters on an architecture."""
+
+    defense: str
+    label: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.@+-]+$", max_length=64)
+    hparams: dict[str, Any] = Field(default_factory=dict)
+    model: ModelSpec | None = None
+    seeds: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainSpec":
+        from defenses import build_trainer
+
+        build_trainer(self.defense, self.hparams)
+        return self
+
+
+class SurrogateSpec(TrainSpec):
+    defense: str = "standard"
+    seed: int = 1
+    seeds: None = None
+
+
+class Suite(_Strict):
+    name: str
+    description: str = ""
+    protocol: str = "quick"
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    #: Defaults for every trainer's common hyper-parameters (epochs, batch_size, lr ...).
+    training: dict[str, Any] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    save_every_epoch: bool = False
+    defenses: list[TrainSpec] = Field(min_length=1)
+    surrogates: dict[str, SurrogateSpec] = Field(default_factory=dict)
+
+    @field_validator("training")
+    @classmethod
+    def _common_only(cls, training: dict[str, Any]) -> dict[str, Any]:
+        from dataclasses import fields
+
+        from defenses.base import CommonHParams
+
+        allowed = {f.name for f in fields(CommonHParams)}
+        unknown = sorted(set(training) - allowed)
+        if unknown:
+            raise ValueError(f"unknown training setting(s) {unknown}; accepted: {sorted(allowed)}")
+        CommonHParams(**training).validate()
+        return training
+
+    @model_validator(mode="after")
+    def _unique_labels(self) -> "Suite":
+        labels = [d.label or d.defense for d in self.defenses]
+        duplicates = sorted({n for n in labels if labels.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"defense labels must be unique (set 'label'), repeated: {duplicates}")
+        return self
+
+
+def _format_validation(source: str, err: ValidationError) -> str:
+    lines = [f"{source}: {err.error_count()} problem(s)"]
+    for problem in err.errors():
+        path = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        lines.append(f"  {path}: {message}")
+    return "\n".join(lines)
+
+
+def _load_yaml(path_or_name: str, kind: str) -> tuple[str, dict[str, Any]]:
+    """Read a shipped config by name, or a YAML file by path."""
+    path = Path(path_or_name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{kind} file {path} does not exist")
+        text, source = path.read_text(), str(path)
+    else:
+        shipped = resources.files(CONFIG_PACKAGE) / f"{kind}s" / f"{path_or_name}.yaml"
+        if not shipped.is_file():
+            raise ConfigError(f"no shipped {kind} named {path_or_name!r} (shipped: "
+                              f"{', '.join(shipped_names(kind))}); or give a path to a .yaml file")
+        text, source = shipped.read_text(), f"{kind} {path_or_name!r}"
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{source}: malformed YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
+    return source, data
+
+
+def shipped_names(kind: str) -> list[str]:
+    folder = resources.files(CONFIG_PACKAGE) / f"{kind}s"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def _validate(model: type[BaseModel], source: str, data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation(source, err)) from None
+    except AdvarenaError as err:  # raised by a registry inside a validator
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def load_protocol(name_or_path: str) -> Protocol:
+    return _validate(Protocol, *_load_yaml(name_or_path, "protocol"))
+
+
+def load_suite(name_or_path: str) -> Suite:
+    return _validate(Suite, *_load_yaml(name_or_path, "suite"))

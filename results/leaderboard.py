@@ -1,0 +1,61 @@
+"""The leaderboard: a pandas table built from the store by SQL, never by attacking again."""
+
+from __future__ import annotations
+
+import pandas as pd
+from sqlalchemy import func, select
+
+from results.schema import AttackRow, CheckpointRow, EpochRow, Evaluation, TrainingRun
+from results.store import Store
+
+
+def latest_evaluations(store: Store, protocol: str) -> pd.DataFrame:
+    """One row per final defense checkpoint: its newest evaluation under the protocol's newest version."""
+    query = (select(Evaluation.id.label("evaluation_id"), Evaluation.protocol_version,
+                    Evaluation.benign_accuracy, Evaluation.created_at, TrainingRun.id.label("run_id"),
+                    TrainingRun.label, TrainingRun.defense, TrainingRun.seed, CheckpointRow.arch)
+             .join(CheckpointRow, Evaluation.checkpoint_id == CheckpointRow.id)
+             .join(TrainingRun, CheckpointRow.run_id == TrainingRun.id)
+             .where(Evaluation.protocol == protocol, CheckpointRow.final.is_(True),
+                    TrainingRun.role == "defense"))
+    with store.engine.connect() as conn:
+        frame = pd.read_sql(query, conn)
+    if frame.empty:
+        return frame
+    frame = frame[frame.protocol_version == frame.protocol_version.max()]
+    frame = frame.sort_values(["created_at", "evaluation_id"]).groupby("run_id", as_index=False).last()
+    return frame.sort_values("run_id").reset_index(drop=True)
+
+
+def leaderboard(store: Store, protocol: str) -> pd.DataFrame:
+    """Benign accuracy, robust accuracy per attack (black-box columns marked), sec/epoch; in %."""
+    evaluations = latest_evaluations(store, protocol)
+    if evaluations.empty:
+        return pd.DataFrame()
+    ids = [int(i) for i in evaluations.evaluation_id]
+    with store.engine.connect() as conn:
+        attacks = pd.read_sql(select(AttackRow.evaluation_id, AttackRow.id, AttackRow.attack_id,
+                                     AttackRow.threat, AttackRow.robust_accuracy)
+                              .where(AttackRow.evaluation_id.in_(ids)), conn)
+        timing = pd.read_sql(select(EpochRow.run_id, func.avg(EpochRow.seconds).label("sec_per_epoch"))
+                             .where(EpochRow.run_id.in_([int(r) for r in evaluations.run_id]))
+                             .group_by(EpochRow.run_id), conn)
+    order = attacks.sort_values("id").drop_duplicates("attack_id")
+    names = {row.attack_id: f"{row.attack_id} (black-box)" if row.threat == "black-box" else row.attack_id
+             for row in order.itertuples()}
+    robust = attacks.pivot(index="evaluation_id", columns="attack_id", values="robust_accuracy")
+    robust = robust[list(order.attack_id)].rename(columns=names) * 100
+    table = evaluations.merge(timing, on="run_id", how="left").set_index("evaluation_id")
+    table = table[["label", "defense", "arch", "seed", "benign_accuracy", "sec_per_epoch"]].join(robust)
+    table["benign_accuracy"] *= 100
+    columns = ["label", "defense", "arch", "seed", "benign_accuracy", *names.values(), "sec_per_epoch"]
+    return table[columns].rename(columns={"benign_accuracy": "benign", "sec_per_epoch": "sec/epoch"}
+                                 ).reset_index(drop=True)
+
+
+def format_table(table: pd.DataFrame, protocol: str) -> str:
+    if table.empty:
+        return f"no evaluations stored under protocol {protocol!r}"
+    header = (f"Leaderboard, protocol {protocol}: accuracy in % on the eval subset "
+              "(robust columns: accuracy under that attack)")
+    return header + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.1f}")

@@ -1,0 +1,148 @@
+"""SQLAlchemy 2 ORM schema of the result store. Changes go through Alembic migrations
+(``results/migrations``); ``tests/test_store.py`` checks the migration matches this module."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON}
+
+
+class DatasetRow(Base):
+    """A dataset split as used: name plus the sha256 of its bytes."""
+
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    fingerprint: Mapped[str] = mapped_column(String(64), unique=True)
+    n_train: Mapped[int]
+    n_test: Mapped[int]
+    description: Mapped[dict[str, Any]]
+
+
+class TrainingRun(Base):
+    """One training job, keyed by the hash of everything that determines its result."""
+
+    __tablename__ = "training_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    label: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(32))  # "defense" or "surrogate"
+    defense: Mapped[str] = mapped_column(String(64))
+    hparams: Mapped[dict[str, Any]]
+    arch: Mapped[str] = mapped_column(String(64))
+    arch_params: Mapped[dict[str, Any]]
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    seed: Mapped[int]
+    status: Mapped[str] = mapped_column(String(16))  # running / finished / failed
+    error: Mapped[Optional[str]] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
+    total_seconds: Mapped[Optional[float]]
+    environment: Mapped[dict[str, Any]]
+    epochs: Mapped[list["EpochRow"]] = relationship(back_populates="run", cascade="all, delete-orphan",
+                                                    order_by="EpochRow.epoch")
+
+
+class EpochRow(Base):
+    """Per-epoch training record: loss, accuracies, seconds and passes."""
+
+    __tablename__ = "epochs"
+    __table_args__ = (UniqueConstraint("run_id", "epoch"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("training_runs.id", ondelete="CASCADE"), index=True)
+    epoch: Mapped[int]
+    loss: Mapped[float]
+    train_accuracy: Mapped[float]
+    train_adv_accuracy: Mapped[Optional[float]]
+    test_accuracy: Mapped[Optional[float]]
+    seconds: Mapped[float]
+    forward_passes: Mapped[int]
+    backward_passes: Mapped[int]
+    run: Mapped[TrainingRun] = relationship(back_populates="epochs")
+
+
+class CheckpointRow(Base):
+    """A checkpoint file set, identified by the sha256 of its weights."""
+
+    __tablename__ = "checkpoints"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    run_id: Mapped[Optional[int]] = mapped_column(ForeignKey("training_runs.id"), index=True)
+    epoch: Mapped[int]
+    final: Mapped[bool] = mapped_column(Boolean)
+    path: Mapped[str] = mapped_column(Text)
+    arch: Mapped[str] = mapped_column(String(64))
+    defense: Mapped[str] = mapped_column(String(64))
+    meta: Mapped[dict[str, Any]]
+
+
+class Evaluation(Base):
+    """One checkpoint attacked under one protocol on one eval subset; written in one transaction."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    checkpoint_id: Mapped[int] = mapped_column(ForeignKey("checkpoints.id"), index=True)
+    protocol: Mapped[str] = mapped_column(String(64))
+    protocol_version: Mapped[int]
+    protocol_hash: Mapped[str] = mapped_column(String(64))
+    subset_hash: Mapped[str] = mapped_column(String(64))
+    n_examples: Mapped[int]
+    benign_accuracy: Mapped[float]
+    seconds: Mapped[float]
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+    environment: Mapped[dict[str, Any]]
+    attacks: Mapped[list["AttackRow"]] = relationship(back_populates="evaluation",
+                                                      cascade="all, delete-orphan")
+
+
+class AttackRow(Base):
+    """Aggregate of one attack within an evaluation."""
+
+    __tablename__ = "attack_results"
+    __table_args__ = (UniqueConstraint("evaluation_id", "attack_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    evaluation_id: Mapped[int] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"),
+                                               index=True)
+    attack_id: Mapped[str] = mapped_column(String(64))      # the protocol's name for it
+    attack: Mapped[str] = mapped_column(String(64))         # registry name
+    attack_key: Mapped[str] = mapped_column(String(64))     # hash of the full config
+    config: Mapped[dict[str, Any]]
+    threat: Mapped[str] = mapped_column(String(16))         # white-box / black-box
+    norm: Mapped[Optional[str]] = mapped_column(String(8))
+    eps: Mapped[Optional[float]]
+    source_checkpoint_id: Mapped[Optional[int]] = mapped_column(ForeignKey("checkpoints.id"))
+    n_examples: Mapped[int]
+    robust_accuracy: Mapped[float]
+    success_rate: Mapped[float]  # on points classified correctly when clean
+    mean_l2: Mapped[Optional[float]]
+    median_l2: Mapped[Optional[float]]
+    forward_passes: Mapped[int]
+    backward_passes: Mapped[int]
+    seconds: Mapped[float]
+    evaluation: Mapped[Evaluation] = relationship(back_populates="attacks")
+
+
+class ExampleRow(Base):
+    """Per-example outcome of one attack: the row every metric and curve is recomputed from."""
+
+    __tablename__ = "example_results"
+    __table_args__ = (UniqueConstraint("attack_result_id", "example_index"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    attack_result_id: Mapped[int] = mapped_column(ForeignKey("attack_results.id", ondelete="CASCADE"),
+                                                  index=True)
+    example_index: Mapped[int]    # index into the dataset's test split
+    label: Mapped[int]
+    clean_correct: Mapped[bool] = mapped_column(Boolean)
+    adv_correct: Mapped[bool] = mapped_column(Boolean)
+    success: Mapped[bool] = mapped_column(Boolean)
+    l2: Mapped[float] = mapped_column(Float)
+    linf: Mapped[float] = mapped_column(Float)
+    pred: Mapped[int] = mapped_column(Integer)
