@@ -149,7 +149,7 @@ class Trainer(ABC):
                 x, y = x_train[index], y_train[index]
                 out = self.batch_loss(model, x, y, ctx)
                 if not torch.isfinite(out.loss):
-                    raise TrainingDivergedError(f"{self.name}: loss became {float(out.loss)} at epoch "
+                    raise TrainingDivergedError(f"{self.name}: loss became {float(out.loss.detach())} at epoch "
                                                 f"{epoch}, batch {begin // bs + 1}; lower the learning "
                                                 f"rate (lr={self.common.lr}) or the strength knob")
                 optimizer.zero_grad(set_to_none=True)
@@ -174,6 +174,7 @@ class Trainer(ABC):
             records.append(record)
             for callback in callbacks:
                 callback(epoch, model, record)
+        optimizer.zero_grad(set_to_none=True)
         model.eval()
         return TrainResult(model, records)
 

@@ -1,0 +1,104 @@
+"""Table-driven over the attack registry: the contract of DESIGN.md holds for every attack."""
+
+import pytest
+import torch
+
+from attacks import ATTACKS, AttackCheckError
+from attacks.base import Attack, PassCounter
+from bench.errors import ConfigError
+
+BOUNDED = [("fgsm", {"norm": "linf", "eps": 0.1}), ("fgsm", {"norm": "l2", "eps": 1.0}),
+           ("pgd", {"norm": "linf", "eps": 0.1, "steps": 5, "step_size": 0.03}),
+           ("pgd", {"norm": "l2", "eps": 1.0, "steps": 5, "step_size": 0.3, "restarts": 2}),
+           ("pgd", {"norm": "linf", "eps": 0.1, "steps": 5, "step_size": 0.03, "loss": "cw"}),
+           ("mim", {"norm": "linf", "eps": 0.1, "steps": 5}), ("mim", {"norm": "l2", "eps": 1.0, "steps": 5})]
+
+
+def make(name, params, source=None):
+    if name == "transfer":
+        return ATTACKS.create("transfer", base="pgd", base_params=params, source_model=source, source_id="s")
+    return ATTACKS.create(name, **params)
+
+
+def test_registry_is_covered():
+    assert {name for name, _ in BOUNDED} | {"transfer"} == set(ATTACKS)
+
+
+@pytest.fixture()
+def batch(digits):
+    return digits.x_test[:64], digits.y_test[:64]
+
+
+@pytest.mark.parametrize("name,params", BOUNDED + [("transfer", BOUNDED[2][1])],
+                         ids=lambda v: str(v) if isinstance(v, str) else "-".join(map(str, v.values())))
+def test_attack_contract(trained_mlp, batch, name, params):
+    x, y = batch
+    model = trained_mlp.train()  # the attack must evaluate in eval mode and restore train mode
+    model.zero_grad(set_to_none=True)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    attack = make(name, params, source=trained_mlp)
+    result = attack(model, x, y)
+    assert model.training
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert 0 <= float(result.x_adv.min()) and float(result.x_adv.max()) <= 1
+    size = result.linf if attack.norm.value == "linf" else result.l2
+    assert float(size.max()) <= attack.eps * (1 + 1e-5)
+    with torch.no_grad():
+        pred = model.eval()(result.x_adv).argmax(1)
+    assert torch.equal(pred, result.pred) and torch.equal(result.success, pred != y)
+    assert result.forward_passes >= len(y) and result.backward_passes >= len(y)
+    baseline = (model(x).argmax(1) != y).float().mean()
+    assert result.success.float().mean() > baseline  # the attack does something
+    again = make(name, params, source=trained_mlp)(model, x, y)
+    assert torch.equal(again.x_adv, result.x_adv)  # seeded by its own generator
+
+
+def test_pass_counts_are_exact(trained_mlp, batch):
+    x, y = batch
+    result = ATTACKS.create("pgd", eps=0.1, steps=7, step_size=0.02)(trained_mlp, x, y)
+    assert (result.forward_passes, result.backward_passes) == (8 * len(y), 7 * len(y))
+
+
+def test_pgd_is_stronger_than_fgsm_and_monotone_in_eps(trained_mlp, digits):
+    x, y = digits.x_test, digits.y_test
+    acc = {eps: float((~ATTACKS.create("pgd", eps=eps, steps=10, step_size=eps / 4)(trained_mlp, x, y).success)
+                      .float().mean()) for eps in (0.02, 0.05, 0.1, 0.2)}
+    assert list(acc.values()) == sorted(acc.values(), reverse=True)
+    fgsm = float((~ATTACKS.create("fgsm", eps=0.1)(trained_mlp, x, y).success).float().mean())
+    assert acc[0.1] <= fgsm
+
+
+class Escaping(Attack):
+    name = "escaping"
+
+    def __init__(self):
+        super().__init__(0)
+        from bench.enums import Norm
+        self.norm, self.eps = Norm.LINF, 0.1
+
+    def perturb(self, model, x, y, generator, counter: PassCounter):
+        return (x + 0.2).clamp(0, 1)
+
+
+def test_base_class_catches_an_attack_leaving_the_ball(trained_mlp, batch):
+    with pytest.raises(AttackCheckError, match="exceeds eps"):
+        Escaping()(trained_mlp, *batch)
+
+
+@pytest.mark.parametrize("x,y,message", [
+    (torch.rand(4, 1, 8, 8) * 2, torch.zeros(4, dtype=torch.int64), "pixels must lie in"),
+    (torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.int32), "labels must be int64"),
+    (torch.rand(4, 1, 8, 8), torch.zeros(3, dtype=torch.int64), "labels must be int64"),
+])
+def test_bad_inputs(trained_mlp, x, y, message):
+    with pytest.raises(ConfigError, match=message):
+        ATTACKS.create("fgsm")(trained_mlp, x, y)
+
+
+@pytest.mark.parametrize("params,message", [({"eps": -1}, "eps > 0"), ({"norm": "l7"}, "unknown norm"),
+                                            ({"loss": "hinge"}, "unknown attack loss"),
+                                            ({"restarts": 2, "random_start": False}, "restarts")])
+def test_bad_parameters(params, message):
+    with pytest.raises(ConfigError, match=message):
+        ATTACKS.create("pgd", **params)
