@@ -9,8 +9,9 @@ class AdvarenaError(Exception):
     exit_code = 2
 
 
-class UnknownNameError(AdvarenaError, KeyError):
-    """A registry lookup for a name that is not registered."""
+class UnknownNameError(AdvarenaError, KeyError, ValueError):
+    """A registry lookup for a name that is not registered (a ValueError too, so that schema
+    validators report it with the path of the offending field)."""
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0])

@@ -1,0 +1,107 @@
+"""End to end through the CLI: a tiny suite on the digits, stored, re-run, evaluated by folder."""
+
+import sqlite3
+
+import pytest
+
+from bench.cli import build_parser, main
+
+PROTOCOL = """
+name: tiny
+version: 1
+dataset: digits
+eval_subset: {size: 120, seed: 0}
+batch_size: 60
+attacks:
+  - {id: fgsm, attack: fgsm, params: {eps: 0.1}}
+  - {id: pgd, attack: pgd, params: {eps: 0.1, steps: 5, step_size: 0.03}}
+  - id: transfer
+    attack: transfer
+    source: surrogate
+    params: {base: pgd, base_params: {eps: 0.1, steps: 5, step_size: 0.03}}
+"""
+SUITE = """
+name: tiny
+protocol: {protocol}
+model: {{arch: mlp, params: {{hidden: [32]}}}}
+training: {{epochs: 3, batch_size: 64, lr: 0.005}}
+defenses:
+  - defense: standard
+  - defense: pgd-at
+    hparams: {{eps: 0.1, steps: 3, step_size: 0.04}}
+surrogates:
+  surrogate: {{defense: standard, seed: 1}}
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    (root / "protocol.yaml").write_text(PROTOCOL)
+    (root / "suite.yaml").write_text(SUITE.format(protocol=root / "protocol.yaml"))
+    args = [str(root / "suite.yaml"), "--workdir", str(root / "work"), "--no-progress"]
+    assert main(["run", *args]) == 0
+    return root, args
+
+
+def test_run_stores_one_row_per_checkpoint_attack_image(tiny_run, capsys):
+    root, _ = tiny_run
+    db = sqlite3.connect(root / "work" / "advarena.db")
+    rows = db.execute("select count(*) from example_results").fetchone()[0]
+    evaluations = db.execute("select count(*) from evaluations").fetchone()[0]
+    distinct = db.execute("select count(distinct attack_result_id || '-' || example_index) "
+                          "from example_results").fetchone()[0]
+    assert evaluations == 2 and rows == distinct == 2 * 3 * 120
+    runs = db.execute("select label, status from training_runs order by id").fetchall()
+    assert runs == [("surrogate", "finished"), ("standard", "finished"), ("pgd-at", "finished")]
+    assert db.execute("select count(*) from epochs").fetchone()[0] == 9
+
+
+def test_rerun_skips_every_job_and_prints_the_same_table(tiny_run, capsys):
+    root, args = tiny_run
+    assert main(["leaderboard", "--protocol", "tiny", "--workdir", str(root / "work")]) == 0
+    first = capsys.readouterr().out
+    assert main(["run", *args]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == first
+    assert "transfer (black-box)" in first and "pgd-at" in first
+    db = sqlite3.connect(root / "work" / "advarena.db")
+    assert db.execute("select count(*) from training_runs").fetchone()[0] == 3
+    assert db.execute("select count(*) from evaluations").fetchone()[0] == 2
+
+
+def test_eval_of_a_stored_checkpoint_is_skipped(tiny_run, capsys):
+    root, _ = tiny_run
+    checkpoint = next((root / "work" / "checkpoints").glob("standard-*/final"))
+    surrogate = next((root / "work" / "checkpoints").glob("surrogate-*/final"))
+    code = main(["eval", str(checkpoint), "--protocol", str(root / "protocol.yaml"),
+                 "--source", f"surrogate={surrogate}", "--workdir", str(root / "work"), "--no-progress"])
+    assert code == 0 and "already evaluated" in capsys.readouterr().out
+
+
+def test_json_leaderboard(tiny_run, capsys):
+    import json
+
+    root, _ = tiny_run
+    main(["leaderboard", "--protocol", "tiny", "--format", "json", "--workdir", str(root / "work")])
+    rows = json.loads(capsys.readouterr().out)
+    standard = next(r for r in rows if r["label"] == "standard")
+    assert standard["benign"] > 80 and standard["pgd"] < standard["benign"]
+
+
+def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["run", "no-such-suite", "--workdir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith("advarena: error: no shipped suite named")
+
+
+@pytest.mark.parametrize("command", ["run", "train", "eval", "leaderboard", "list"])
+def test_every_option_has_help(command):
+    parser = build_parser()
+    sub = parser._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        assert action.help, f"{command} {action.option_strings or action.dest} lacks help"
+
+
+def test_list(capsys):
+    assert main(["list", "attacks", "p*"]) == 0
+    assert capsys.readouterr().out.startswith("pgd")
