@@ -2,6 +2,7 @@
 
 from attacks.base import Attack, AttackCheckError, AttackResult, PassCounter
 from attacks.registry import ATTACKS, register_attack
-from attacks import gradient, transfer  # noqa: F401  (registers the built-ins)
+from attacks import (autoattack, cw, deepfool, gradient, noise,  # noqa: F401  (registers the built-ins)
+                     torchattacks_adapters, transfer)
 
 __all__ = ["ATTACKS", "Attack", "AttackCheckError", "AttackResult", "PassCounter", "register_attack"]

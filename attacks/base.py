@@ -21,6 +21,7 @@ from bench.errors import ConfigError
 
 BOX_TOLERANCE = 1e-6
 BALL_TOLERANCE = 1e-5
+TARGET_RULES = (None, "least-likely", "random")
 
 
 class AttackCheckError(AssertionError):
@@ -66,8 +67,10 @@ def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     if not torch.is_tensor(y) or y.dtype != torch.int64 or y.shape != (x.shape[0],):
         raise ConfigError(f"labels must be int64 of shape ({x.shape[0]},), got "
                           f"{getattr(y, 'dtype', type(y))} {tuple(getattr(y, 'shape', ()))}")
-    if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-        raise ConfigError(f"pixels must lie in [0, 1], got [{float(x.min()):.4g}, {float(x.max()):.4g}]")
+    if x.numel():
+        low, high = (float(v) for v in torch.aminmax(x))
+        if not (low >= 0.0 and high <= 1.0):
+            raise ConfigError(f"pixels must lie in [0, 1], got [{low:.4g}, {high:.4g}]")
     param = next(model.parameters(), None)
     if param is not None and (param.device != x.device or y.device != x.device):
         raise ConfigError(f"model is on {param.device} but images on {x.device} and labels on "
@@ -82,18 +85,53 @@ class Attack(ABC):
     norm: Norm | None = None
     eps: float | None = None
 
+    #: How a targeted attack picks its targets when the caller gives none (None: untargeted).
+    targeted: str | None = None
+    #: True for attacks that batch internally and want the whole eval set in one call
+    #: (their ``batch_size`` is then the forward batch size, the final check's included).
+    whole_set: bool = False
+    batch_size: int | None = None
+
     def __init__(self, seed: int = 0) -> None:
         self.seed = int(seed)
 
     @abstractmethod
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator, counter: PassCounter) -> torch.Tensor:
-        """Return x_adv for a model already in eval mode; count every pass in ``counter``."""
+                generator: torch.Generator, counter: PassCounter,
+                target: torch.Tensor | None = None) -> torch.Tensor:
+        """Return x_adv for a model already in eval mode; count every pass in ``counter``.
+        ``target`` (targeted attacks only) holds the class each example must be moved to."""
+
+    def check_target_rule(self, rule: str | None) -> str | None:
+        if rule not in TARGET_RULES:
+            raise ConfigError(f"{self.name}: targeted must be one of {TARGET_RULES}, got {rule!r}")
+        return rule
+
+    def choose_targets(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       generator: torch.Generator, counter: PassCounter) -> torch.Tensor:
+        """Targets by this attack's rule: the least likely class on the clean input, or a class
+        drawn uniformly among those != y."""
+        if self.targeted == "least-likely":
+            with torch.no_grad():
+                logits = model(x)
+            counter.add(x.shape[0], backward=False)
+            return logits.argmin(dim=1)
+        classes = int(self.num_classes(model, x, counter))
+        shift = torch.randint(1, classes, y.shape, generator=generator, device=y.device)
+        return (y + shift) % classes
+
+    @staticmethod
+    def num_classes(model: nn.Module, x: torch.Tensor, counter: PassCounter) -> int:
+        with torch.no_grad():
+            width = model(x[:1]).shape[1]
+        counter.add(1, backward=False)
+        return width
 
     def config(self) -> dict[str, Any]:
         """Every parameter that changes the result (hashed into the attack's content key)."""
         return {"name": self.name, "seed": self.seed,
-                "norm": self.norm.value if self.norm else None, "eps": self.eps}
+                "norm": self.norm.value if self.norm else None, "eps": self.eps,
+                "targeted": self.targeted}
 
     def key(self) -> str:
         return canonical_hash(self.config())
@@ -102,39 +140,59 @@ class Attack(ABC):
         return torch.Generator(device=device).manual_seed(self.seed)
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: torch.Generator | None = None) -> AttackResult:
+                 generator: torch.Generator | None = None,
+                 target: torch.Tensor | None = None) -> AttackResult:
+        """Attack a batch. ``success`` is "misclassified" for untargeted attacks and "classified
+        as the target" for targeted ones; ``pred`` is always the model's label for x_adv."""
         check_inputs(model, x, y)
+        if target is not None and (target.shape != y.shape or target.dtype != torch.int64):
+            raise ConfigError(f"{self.name}: target must be int64 of shape {tuple(y.shape)}, got "
+                              f"{target.dtype} {tuple(target.shape)}")
         x = x.detach()
         generator = generator if generator is not None else self.make_generator(x.device)
         counter = PassCounter()
         was_training = model.training
+        params = list(model.parameters())
+        grads = [p.grad for p in params]  # third-party attacks may call .backward() on the model
         model.eval()
         try:
-            x_adv = self.perturb(model, x, y, generator, counter).detach()
+            if target is None and self.targeted is not None and x.shape[0]:
+                target = self.choose_targets(model, x, y, generator, counter)
+            x_adv = self.perturb(model, x, y, generator, counter, target).detach()
             self._check_output(x, x_adv)
+            chunk = self.batch_size if self.whole_set and self.batch_size else max(x.shape[0], 1)
             with torch.no_grad():
-                pred = model(x_adv).argmax(dim=1)
+                pred = torch.cat([model(x_adv[i:i + chunk]).argmax(dim=1)
+                                  for i in range(0, x.shape[0], chunk)] or [y[:0]])
             counter.add(x.shape[0], backward=False)
         finally:
             model.train(was_training)
+            for param, grad in zip(params, grads):
+                param.grad = grad
         delta = (x_adv - x).flatten(1)
-        return AttackResult(x_adv=x_adv, success=pred != y, pred=pred, l2=delta.norm(dim=1),
-                            linf=delta.abs().amax(dim=1), forward_passes=counter.forward,
+        l2, linf = delta.norm(dim=1), delta.abs().amax(dim=1)
+        self._check_ball(l2, linf)
+        success = pred == target if target is not None else pred != y
+        return AttackResult(x_adv=x_adv, success=success, pred=pred, l2=l2, linf=linf,
+                            forward_passes=counter.forward,
                             backward_passes=counter.backward)
 
     def _check_output(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
         if x_adv.shape != x.shape or x_adv.dtype != x.dtype:
             raise AttackCheckError(f"{self.name}: x_adv has shape {tuple(x_adv.shape)} {x_adv.dtype}, "
                                    f"expected {tuple(x.shape)} {x.dtype}")
-        if not torch.isfinite(x_adv).all():
-            raise AttackCheckError(f"{self.name}: x_adv holds NaN or inf")
-        if float(x_adv.min()) < -BOX_TOLERANCE or float(x_adv.max()) > 1 + BOX_TOLERANCE:
-            raise AttackCheckError(f"{self.name}: x_adv leaves [0, 1]")
-        if self.norm is not None and self.eps is not None:
-            from attacks.norms import hooks_for
+        if x_adv.numel():
+            low, high = (float(v) for v in torch.aminmax(x_adv))
+            # NaN fails both comparisons, inf the second one
+            if not (low >= -BOX_TOLERANCE and high <= 1 + BOX_TOLERANCE):
+                raise AttackCheckError(f"{self.name}: x_adv leaves [0, 1] or is not finite "
+                                       f"(range [{low:.6g}, {high:.6g}])")
 
-            size = hooks_for(self.norm).size(x_adv - x)
-            worst = float(size.max()) if size.numel() else 0.0
-            if worst > self.eps * (1 + BALL_TOLERANCE) + BOX_TOLERANCE:
-                raise AttackCheckError(f"{self.name}: perturbation of {self.norm.value} norm {worst:.6g} "
-                                       f"exceeds eps {self.eps}")
+    def _check_ball(self, l2: torch.Tensor, linf: torch.Tensor) -> None:
+        if self.norm is None or self.eps is None or not l2.numel():
+            return
+        size = linf if self.norm is Norm.LINF else l2
+        worst = float(size.max())
+        if worst > self.eps * (1 + BALL_TOLERANCE) + BOX_TOLERANCE:
+            raise AttackCheckError(f"{self.name}: perturbation of {self.norm.value} norm {worst:.6g} "
+                                   f"exceeds eps {self.eps}")

@@ -3,7 +3,15 @@
 - FGSM/FGM: Goodfellow et al. 2015, x' = x + eps * sign(grad) (Linf) or eps * grad/||grad||_2 (L2).
 - PGD: Madry et al. 2018, eq. 2: x_{t+1} = Proj_{B(x, eps) & [0,1]}(x_t + alpha * s(grad)) from a
   random start in the ball.
-- MIM: Dong et al. 2018, eq. 6: g_{t+1} = mu g_t + grad / ||grad||_1, step along s(g_{t+1})."""
+- MIM: Dong et al. 2018, eq. 6: g_{t+1} = mu g_t + grad / ||grad||_1, step along s(g_{t+1}).
+
+As an *attack* the loop keeps, per example, the first iterate that fools the model (the logits of
+the forward that computes the gradient tell it for free). Fooled examples are then frozen, and the
+batch is compacted to the still-robust ones; that bookkeeping saves passes but never changes the
+result: ``compact=False`` returns the same tensors. Restarts run on still-robust points only and
+every restart draws its random start for the whole batch, so the generator's stream, hence the
+result, does not depend on which points were already fooled. As a *training* step
+(``stop_at_success=False``) it returns the last iterate, as Madry et al. train."""
 
 from __future__ import annotations
 
@@ -18,50 +26,132 @@ from attacks.norms import NormHooks, hooks_for
 from attacks.registry import register_attack
 from bench.errors import ConfigError
 
+#: Compact the computed batch once this fraction of it is frozen (indexing costs a copy) ...
+COMPACT_FRACTION = 0.2
+#: ... but keep at least this many rows computed.
+MIN_ROWS = 64
+
 
 def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str,
-                   counter: PassCounter | None = None) -> torch.Tensor:
-    """d sum_i loss(f(x_i), y_i) / dx: one forward and one backward; parameter grads untouched."""
+                   counter: PassCounter | None = None, targeted: bool = False
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, d sum_i loss_i / dx) with one forward and one backward; parameter grads untouched.
+
+    Targeted: ``y`` holds the targets and the gradient is that of ``-loss`` (move towards them)."""
     x = x.detach().requires_grad_(True)
-    value = get_loss(loss)(model(x), y).sum()
-    (grad,) = torch.autograd.grad(value, x)
+    logits = model(x)
+    value = get_loss(loss)(logits, y).sum()
+    (grad,) = torch.autograd.grad(-value if targeted else value, x)
     if counter is not None:
         counter.add(x.shape[0], backward=True)
-    return grad
+    return logits.detach(), grad
+
+
+def is_fooled(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Untargeted success: argmax != y; targeted: argmax == target."""
+    pred = logits.argmax(dim=1)
+    return pred == target if target is not None else pred != y
 
 
 def gradient_ascent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, hooks: NormHooks,
                     eps: float, steps: int, step_size: float, random_start: bool, momentum: float = 0.0,
                     loss: str = "ce", generator: torch.Generator | None = None,
-                    counter: PassCounter | None = None) -> torch.Tensor:
+                    counter: PassCounter | None = None, start: torch.Tensor | None = None,
+                    target: torch.Tensor | None = None, stop_at_success: bool = False,
+                    compact: bool = True) -> torch.Tensor:
     """The shared loop. ``momentum`` > 0 gives MIM; ``steps=1, step_size=eps`` gives FGSM.
 
+    ``start`` is an explicit initial perturbation (else drawn from ``generator`` when
+    ``random_start``). ``stop_at_success`` freezes each example at its first fooling iterate.
     Does not change the model's mode (trainers call it in train mode, attacks in eval mode)."""
-    delta = torch.zeros_like(x)
-    if random_start:
+    if start is None and random_start:
         if generator is None:
             raise ConfigError("random_start needs a torch.Generator")
-        delta = hooks.random_start(x, eps, generator)
-        delta = (x + delta).clamp(0, 1) - x
-    velocity = torch.zeros_like(x)
+        start = hooks.random_start(x, eps, generator)
+    x_adv = x.clone() if start is None else (x + start).clamp_(0, 1)
+    goal = target if target is not None else y
+    batch = _Batch(x.shape[0], x.device)
+    velocity = torch.zeros_like(x) if momentum else None
     for _ in range(steps):
-        grad = input_gradient(model, x + delta, y, loss, counter)
-        if momentum:
+        current = batch.take(x_adv)
+        logits, grad = input_gradient(model, current, batch.take(goal), loss, counter,
+                                      targeted=target is not None)
+        if stop_at_success:
+            batch.freeze(is_fooled(logits, batch.take(y), None if target is None else batch.take(target)))
+            if batch.done:
+                break
+        if velocity is not None:
             l1 = grad.flatten(1).abs().sum(dim=1).clamp_min(1e-12).view(-1, *([1] * (x.ndim - 1)))
-            velocity = momentum * velocity + grad / l1
-            grad = velocity
-        delta = delta + step_size * hooks.steepest_direction(grad)
-        delta = hooks.project(delta, eps)
-        delta = (x + delta).clamp(0, 1) - x
-    return (x + delta).detach()
+            grad = batch.take(velocity).mul_(momentum).add_(grad / l1)
+            batch.put(velocity, grad)
+        base = batch.take(x)
+        delta = (current - base).add_(hooks.steepest_direction(grad), alpha=step_size)
+        stepped = (base + hooks.project(delta, eps)).clamp_(0, 1)
+        batch.put(x_adv, batch.keep_frozen(stepped, current))
+        if compact:
+            batch.compact()
+    return x_adv.detach()
+
+
+class _Batch:
+    """Which rows of the full batch are computed (``rows``; None: all of them, no copies) and
+    which of those are still live (not frozen). Compaction drops frozen rows once they are
+    ``COMPACT_FRACTION`` of the computed batch, but never below ``MIN_ROWS`` rows (frozen rows
+    fill up to it), because tiny batches run far below the per-image throughput of full ones."""
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        self.size, self.device = size, device
+        self.rows: torch.Tensor | None = None
+        self.live = torch.ones(size, dtype=torch.bool, device=device)
+        self.all_live = True
+
+    def take(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor if self.rows is None else tensor[self.rows]
+
+    def put(self, tensor: torch.Tensor, values: torch.Tensor) -> None:
+        if self.rows is None:
+            if values.data_ptr() != tensor.data_ptr():
+                tensor.copy_(values)
+        else:
+            tensor[self.rows] = values
+
+    def freeze(self, fooled: torch.Tensor) -> None:
+        self.live &= ~fooled
+        self.all_live = bool(self.live.all())
+
+    @property
+    def done(self) -> bool:
+        return not self.all_live and not bool(self.live.any())
+
+    def keep_frozen(self, stepped: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
+        if self.all_live:
+            return stepped
+        return torch.where(self.live.view(-1, *([1] * (stepped.ndim - 1))), stepped, current)
+
+    def compact(self) -> None:
+        if self.all_live:
+            return
+        computed = self.live.numel()
+        frozen = int((~self.live).sum())
+        if frozen < COMPACT_FRACTION * computed or computed <= MIN_ROWS:
+            return
+        keep = self.live.clone()
+        shortfall = MIN_ROWS - int(self.live.sum())
+        if shortfall > 0:  # pad with the first frozen rows up to MIN_ROWS
+            padding = torch.nonzero(~self.live).squeeze(1)[:shortfall]
+            keep[padding] = True
+        rows = torch.arange(self.size, device=self.device) if self.rows is None else self.rows
+        self.rows, self.live = rows[keep], self.live[keep]
+        self.all_live = bool(self.live.all())
 
 
 class GradientAttack(Attack):
-    """Bounded attack driven by ``gradient_ascent``; ``restarts`` keeps, per example, the first
-    successful restart (AutoAttack-style best of restarts)."""
+    """Bounded attack driven by ``gradient_ascent``; ``restarts`` run on the points the earlier
+    restarts did not fool, each example keeps its first fooling iterate (AutoAttack-style)."""
 
     def __init__(self, *, norm: str, eps: float, steps: int, step_size: float, random_start: bool,
-                 momentum: float = 0.0, loss: str = "ce", restarts: int = 1, seed: int = 0) -> None:
+                 momentum: float = 0.0, loss: str = "ce", restarts: int = 1,
+                 targeted: str | None = None, seed: int = 0) -> None:
         super().__init__(seed)
         self.hooks = hooks_for(norm)
         self.norm = self.hooks.norm
@@ -74,31 +164,35 @@ class GradientAttack(Attack):
         self.eps, self.steps, self.step_size = float(eps), int(steps), float(step_size)
         self.random_start, self.momentum, self.loss = bool(random_start), float(momentum), loss
         self.restarts = int(restarts)
+        self.targeted = self.check_target_rule(targeted)
+        self.compact = True
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "steps": self.steps, "step_size": self.step_size,
                 "random_start": self.random_start, "momentum": self.momentum, "loss": self.loss,
-                "restarts": self.restarts}
+                "restarts": self.restarts, "targeted": self.targeted}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator, counter: PassCounter) -> torch.Tensor:
-        best = None
-        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+                generator: torch.Generator, counter: PassCounter,
+                target: torch.Tensor | None = None) -> torch.Tensor:
+        x_adv = x.clone()
+        todo = torch.arange(x.shape[0], device=x.device)
         for restart in range(self.restarts):
-            x_adv = gradient_ascent(model, x, y, hooks=self.hooks, eps=self.eps, steps=self.steps,
-                                    step_size=self.step_size, random_start=self.random_start,
-                                    momentum=self.momentum, loss=self.loss, generator=generator,
-                                    counter=counter)
-            if self.restarts == 1:
-                return x_adv
-            with torch.no_grad():
-                now_fooled = model(x_adv).argmax(dim=1) != y
-            counter.add(x.shape[0], backward=False)
-            take = now_fooled & ~fooled if best is not None else torch.ones_like(fooled)
-            best = x_adv if best is None else torch.where(take.view(-1, *([1] * (x.ndim - 1))), x_adv, best)
-            fooled |= now_fooled
-        assert best is not None
-        return best
+            start = self.hooks.random_start(x, self.eps, generator) if self.random_start else None
+            if restart and todo.numel():
+                with torch.no_grad():
+                    still = ~is_fooled(model(x_adv[todo]), y[todo], None if target is None else target[todo])
+                counter.add(todo.numel(), backward=False)
+                todo = todo[still]
+            if not todo.numel():
+                break
+            x_adv[todo] = gradient_ascent(
+                model, x[todo], y[todo], hooks=self.hooks, eps=self.eps, steps=self.steps,
+                step_size=self.step_size, random_start=self.random_start, momentum=self.momentum,
+                loss=self.loss, counter=counter, start=None if start is None else start[todo],
+                target=None if target is None else target[todo], stop_at_success=True,
+                compact=self.compact)
+        return x_adv
 
 
 @register_attack("fgsm", kind="bounded", paper="Goodfellow et al. 2015 (FGSM; FGM for L2)")
@@ -107,9 +201,10 @@ class FGSM(GradientAttack):
 
     name = "fgsm"
 
-    def __init__(self, norm: str = "linf", eps: float = 0.3, loss: str = "ce", seed: int = 0) -> None:
+    def __init__(self, norm: str = "linf", eps: float = 0.3, loss: str = "ce",
+                 targeted: str | None = None, seed: int = 0) -> None:
         super().__init__(norm=norm, eps=eps, steps=1, step_size=eps, random_start=False, loss=loss,
-                         seed=seed)
+                         targeted=targeted, seed=seed)
 
 
 @register_attack("pgd", kind="bounded", paper="Madry et al. 2018, eq. 2")
@@ -119,9 +214,11 @@ class PGD(GradientAttack):
     name = "pgd"
 
     def __init__(self, norm: str = "linf", eps: float = 0.3, steps: int = 40, step_size: float = 0.01,
-                 random_start: bool = True, restarts: int = 1, loss: str = "ce", seed: int = 0) -> None:
+                 random_start: bool = True, restarts: int = 1, loss: str = "ce",
+                 targeted: str | None = None, seed: int = 0) -> None:
         super().__init__(norm=norm, eps=eps, steps=steps, step_size=step_size,
-                         random_start=random_start, restarts=restarts, loss=loss, seed=seed)
+                         random_start=random_start, restarts=restarts, loss=loss, targeted=targeted,
+                         seed=seed)
 
 
 @register_attack("mim", kind="bounded", paper="Dong et al. 2018, eq. 6")
@@ -132,7 +229,7 @@ class MIM(GradientAttack):
 
     def __init__(self, norm: str = "linf", eps: float = 0.3, steps: int = 10,
                  step_size: float | None = None, decay: float = 1.0, loss: str = "ce",
-                 seed: int = 0) -> None:
+                 targeted: str | None = None, seed: int = 0) -> None:
         super().__init__(norm=norm, eps=eps, steps=steps,
                          step_size=step_size if step_size is not None else eps / steps,
-                         random_start=False, momentum=decay, loss=loss, seed=seed)
+                         random_start=False, momentum=decay, loss=loss, targeted=targeted, seed=seed)

@@ -34,8 +34,9 @@ class Transfer(Attack):
         return {"name": self.name, "base": self.base.config(), "source": self.source_id}
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                generator: torch.Generator, counter: PassCounter) -> torch.Tensor:
-        result = self.base(self.source_model, x, y, generator)
+                generator: torch.Generator, counter: PassCounter,
+                target: torch.Tensor | None = None) -> torch.Tensor:
+        result = self.base(self.source_model, x, y, generator, target)
         counter.forward += result.forward_passes
         counter.backward += result.backward_passes
         return result.x_adv

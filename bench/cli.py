@@ -75,6 +75,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output format (default: %(default)s)")
     _add_common(board)
 
+    perf = sub.add_parser("perf", help="time our attacks against torchattacks and pyautoattack; write JSON",
+                          description="Run our attacks and the torchattacks / pyautoattack equivalents on the "
+                                      "same standard-trained model, images and parameters in one process, with "
+                                      "the forward+backward floor measured in the same run. Prints a table and "
+                                      "the acceptance checks, writes everything to --out. Re-executes itself "
+                                      "with glibc malloc thresholds set (see the README) unless they are set.")
+    perf.add_argument("--model", default="mnist-cnn",
+                      help="zoo architecture, trained with the suite's 'standard' recipe (default: %(default)s)")
+    perf.add_argument("--checkpoint", type=Path, default=None,
+                      help="use this checkpoint folder instead of training --model")
+    perf.add_argument("--suite", default="default",
+                      help="suite whose 'standard' defense and protocol give the recipe and data "
+                           "(default: %(default)s)")
+    perf.add_argument("--n", type=int, default=1000, help="eval images attacked (default: %(default)s)")
+    perf.add_argument("--slow-n", type=int, default=250,
+                      help="images for torchattacks' DeepFool, about 3-7 img/s on 2 cores (default: %(default)s)")
+    perf.add_argument("--batch-size", type=int, default=250, help="attack batch size (default: %(default)s)")
+    perf.add_argument("--only", default="*",
+                      help="wildcard over case names: FGSM, PGD-40, MIM-10, PGD-L2-40, DeepFool, CW-L2, "
+                           "APGD-CE, AutoAttack (default: all)")
+    perf.add_argument("--out", type=Path, default=None,
+                      help="JSON output file (default: WORKDIR/perf/perf-MODEL.json)")
+    _add_common(perf)
+
     listing = sub.add_parser("list", help="list registered names (wildcards allowed)",
                              description="List datasets, models, defenses, attacks, or shipped protocols "
                                          "and suites.")
@@ -90,6 +114,8 @@ def _context(args: argparse.Namespace):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif args.command == "perf":
+        torch.set_num_threads(min(2, torch.get_num_threads()))
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
     device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and
@@ -164,6 +190,19 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(f"{label}: {'evaluated' if ran else 'already evaluated'} under {protocol.name} v{protocol.version}")
 
 
+def cmd_perf(args: argparse.Namespace) -> None:
+    import os
+
+    from bench import perf
+
+    if any(os.environ.get(k) != v for k, v in perf.MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, "-m", "bench.cli", *sys.argv[1:]],
+                  {**os.environ, **perf.MALLOC_ENV})
+    from bench.perf_command import run_perf
+
+    run_perf(args, _context(args))
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     _print_leaderboard(_context(args), args.protocol, args.format)
 
@@ -197,7 +236,7 @@ def _registry(kind: str):
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard,
-            "list": cmd_list}
+            "list": cmd_list, "perf": cmd_perf}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

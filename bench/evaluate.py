@@ -70,15 +70,18 @@ def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor
     return torch.cat(preds)
 
 
-def _run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                batch_size: int, progress: bool, label: str) -> dict[str, Any]:
+def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+               batch_size: int, progress: bool = False, label: str = "") -> dict[str, Any]:
+    """Attack ``x`` in batches of ``batch_size`` with one generator for the whole set (a
+    ``whole_set`` attack gets every image in one call and batches internally)."""
     generator = attack.make_generator(x.device)
     parts: dict[str, list[torch.Tensor]] = {"success": [], "pred": [], "l2": [], "linf": []}
     forward = backward = 0
+    chunk = x.shape[0] if attack.whole_set else batch_size
     start = time.perf_counter()
-    for begin in tqdm(range(0, x.shape[0], batch_size), desc=label, leave=False, unit="batch",
+    for begin in tqdm(range(0, x.shape[0], chunk), desc=label, leave=False, unit="batch",
                       disable=None if progress else True):
-        result = attack(model, x[begin:begin + batch_size], y[begin:begin + batch_size], generator)
+        result = attack(model, x[begin:begin + chunk], y[begin:begin + chunk], generator)
         for name in parts:
             parts[name].append(getattr(result, name).detach().cpu())
         forward += result.forward_passes
@@ -96,14 +99,16 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     x = dataset.x_test[indices].to(device)
     y = dataset.y_test[indices].to(device)
     start = time.perf_counter()
-    clean_correct = (_predict(model, x, protocol.batch_size) == y).cpu()
+    clean_pred = _predict(model, x, protocol.batch_size).cpu()
+    clean_correct = clean_pred == y.cpu()
     attacks = {spec.id: build_attack(spec, sources) for spec in protocol.attacks}
     rows = []
     for spec in protocol.attacks:
         attack = attacks[spec.id]
-        outcome = _run_attack(attack, model, x, y, protocol.batch_size, progress,
+        outcome = run_attack(attack, model, x, y, protocol.batch_size, progress,
                               f"{label} {spec.id}".strip())
         rows.append(_attack_row(spec, attack, outcome, clean_correct, y.cpu(), indices, sources))
+    rows.extend(worst_case_rows(rows, clean_pred, y.cpu(), indices))
     subset = subset_hash(indices)
     evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,
                   "protocol_hash": protocol.content_hash(), "subset_hash": subset,
@@ -134,3 +139,50 @@ def _attack_row(spec: AttackSpec, attack: Attack, outcome: dict[str, Any], clean
             "median_l2": statistics.median(fooled_l2) if fooled_l2 else None,
             "forward_passes": outcome["forward"], "backward_passes": outcome["backward"],
             "seconds": outcome["seconds"], "examples": examples}
+
+
+def _threat_size(row: dict[str, Any], norm: str) -> list[float]:
+    return [example["linf" if norm == "linf" else "l2"] for example in row["examples"]]
+
+
+def worst_case_rows(rows: list[dict[str, Any]], clean_pred: torch.Tensor, y: torch.Tensor,
+                    indices: np.ndarray) -> list[dict[str, Any]]:
+    """One row per threat model (norm, eps) of the protocol's bounded attacks: an example is
+    broken when any attack of that threat model fooled it: a bounded attack of the same norm and
+    eps (white- or black-box), or a minimum-norm attack of that norm whose perturbation fits in
+    eps. Its per-example norms and label come from the first such attack in protocol order."""
+    threats = sorted({(r["norm"], r["eps"]) for r in rows if r["eps"] is not None and r["attack"] != "worst-case"})
+    out = []
+    for norm, eps in threats:
+        members = []
+        for row in rows:
+            if row["norm"] == norm and row["eps"] == eps:
+                members.append((row, [e["success"] for e in row["examples"]]))
+            elif row["eps"] is None and row["config"].get("threat_norm") == norm:
+                fits = [e["success"] and size <= eps * (1 + 1e-6)
+                        for e, size in zip(row["examples"], _threat_size(row, norm))]
+                members.append((row, fits))
+        examples = []
+        for i, (index, label, clean) in enumerate(zip(indices, y.tolist(), clean_pred.tolist())):
+            first = next((row["examples"][i] for row, broken in members if broken[i]), None)
+            correct = clean == label
+            broken = first is not None or not correct
+            examples.append({"example_index": int(index), "label": int(label), "clean_correct": bool(correct),
+                             "adv_correct": not broken, "success": first is not None,
+                             "l2": first["l2"] if first else 0.0, "linf": first["linf"] if first else 0.0,
+                             "pred": first["pred"] if first else int(clean)})
+        ids = [row["attack_id"] for row, _ in members]
+        fooled_l2 = [e["l2"] for e in examples if e["success"] and e["clean_correct"]]
+        n_correct = sum(e["clean_correct"] for e in examples)
+        out.append({"attack_id": f"worst-case-{norm}-{eps:g}", "attack": "worst-case",
+                    "attack_key": canonical_hash({"worst-case": [row["attack_key"] for row, _ in members]}),
+                    "config": {"name": "worst-case", "norm": norm, "eps": eps, "members": ids},
+                    "threat": "worst-case", "norm": norm, "eps": eps, "source_checkpoint_id": None,
+                    "n_examples": len(examples),
+                    "robust_accuracy": sum(e["adv_correct"] for e in examples) / max(len(examples), 1),
+                    "success_rate": (sum(e["success"] for e in examples if e["clean_correct"]) / n_correct
+                                     if n_correct else 0.0),
+                    "mean_l2": statistics.fmean(fooled_l2) if fooled_l2 else None,
+                    "median_l2": statistics.median(fooled_l2) if fooled_l2 else None,
+                    "forward_passes": 0, "backward_passes": 0, "seconds": 0.0, "examples": examples})
+    return out

@@ -11,7 +11,22 @@ BOUNDED = [("fgsm", {"norm": "linf", "eps": 0.1}), ("fgsm", {"norm": "l2", "eps"
            ("pgd", {"norm": "linf", "eps": 0.1, "steps": 5, "step_size": 0.03}),
            ("pgd", {"norm": "l2", "eps": 1.0, "steps": 5, "step_size": 0.3, "restarts": 2}),
            ("pgd", {"norm": "linf", "eps": 0.1, "steps": 5, "step_size": 0.03, "loss": "cw"}),
-           ("mim", {"norm": "linf", "eps": 0.1, "steps": 5}), ("mim", {"norm": "l2", "eps": 1.0, "steps": 5})]
+           ("mim", {"norm": "linf", "eps": 0.1, "steps": 5}), ("mim", {"norm": "l2", "eps": 1.0, "steps": 5}),
+           ("pgd", {"norm": "linf", "eps": 0.1, "steps": 5, "step_size": 0.03, "targeted": "least-likely"}),
+           ("noise", {"norm": "linf", "eps": 0.3, "draws": 5}),
+           ("apgd-ce", {"eps": 0.1}), ("apgd-t", {"eps": 0.1}), ("fab-t", {"eps": 0.1}),
+           ("square", {"eps": 0.3}), ("autoattack", {"norm": "l2", "eps": 1.0}),
+           ("ta-fgsm", {"eps": 0.1}), ("ta-pgd", {"eps": 0.1, "alpha": 0.03, "steps": 5}),
+           ("ta-pgdl2", {"eps": 1.0, "alpha": 0.3, "steps": 5}), ("ta-mim", {"eps": 0.1, "alpha": 0.02, "steps": 5}),
+           ("ta-apgd", {"eps": 0.1, "steps": 10}), ("ta-autoattack", {"eps": 0.1})]
+MINIMUM_NORM = [("deepfool", {"norm": "l2"}), ("deepfool", {"norm": "linf", "candidates": 3}),
+                ("deepfool", {"box_mask": True, "damping": 0.5, "damped_steps": 2}),
+                ("cw", {"steps": 50, "search_steps": 4, "initial_const": 1.0}), ("ta-deepfool", {"steps": 10}),
+                ("ta-cw", {"steps": 20, "c": 10.0, "lr": 0.05})]
+
+
+#: Attacks that run their full budget on every point get fewer points (seconds, not minutes).
+FEWER_POINTS = {"fab-t": 12, "square": 12, "ta-autoattack": 12, "apgd-t": 24}
 
 
 def make(name, params, source=None):
@@ -21,7 +36,7 @@ def make(name, params, source=None):
 
 
 def test_registry_is_covered():
-    assert {name for name, _ in BOUNDED} | {"transfer"} == set(ATTACKS)
+    assert {name for name, _ in BOUNDED + MINIMUM_NORM} | {"transfer"} == set(ATTACKS)
 
 
 @pytest.fixture()
@@ -32,7 +47,7 @@ def batch(digits):
 @pytest.mark.parametrize("name,params", BOUNDED + [("transfer", BOUNDED[2][1])],
                          ids=lambda v: str(v) if isinstance(v, str) else "-".join(map(str, v.values())))
 def test_attack_contract(trained_mlp, batch, name, params):
-    x, y = batch
+    x, y = (part[:FEWER_POINTS.get(name, 64)] for part in batch)
     model = trained_mlp.train()  # the attack must evaluate in eval mode and restore train mode
     model.zero_grad(set_to_none=True)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -46,12 +61,37 @@ def test_attack_contract(trained_mlp, batch, name, params):
     assert float(size.max()) <= attack.eps * (1 + 1e-5)
     with torch.no_grad():
         pred = model.eval()(result.x_adv).argmax(1)
-    assert torch.equal(pred, result.pred) and torch.equal(result.success, pred != y)
-    assert result.forward_passes >= len(y) and result.backward_passes >= len(y)
-    baseline = (model(x).argmax(1) != y).float().mean()
-    assert result.success.float().mean() > baseline  # the attack does something
+    assert torch.equal(pred, result.pred)
+    if attack.targeted is None:
+        assert torch.equal(result.success, pred != y)
+        baseline = (model(x).argmax(1) != y).float().mean()
+        assert result.success.float().mean() > baseline  # the attack does something
+    assert result.forward_passes >= len(y)
+    if name not in ("noise", "square"):  # score-based: no gradients
+        assert result.backward_passes >= len(y)
+    state = torch.random.get_rng_state()
     again = make(name, params, source=trained_mlp)(model, x, y)
+    assert torch.equal(torch.random.get_rng_state(), state)  # the global generator is left alone
     assert torch.equal(again.x_adv, result.x_adv)  # seeded by its own generator
+
+
+@pytest.mark.parametrize("name,params", MINIMUM_NORM, ids=lambda v: str(v) if isinstance(v, str) else
+                         "-".join(map(str, v.values())))
+def test_minimum_norm_contract(trained_mlp, batch, name, params):
+    x, y = batch
+    model = trained_mlp.train()
+    attack = make(name, params)
+    result = attack(model, x, y)
+    assert model.training and attack.eps is None
+    assert 0 <= float(result.x_adv.min()) and float(result.x_adv.max()) <= 1
+    with torch.no_grad():
+        pred = model.eval()(result.x_adv).argmax(1)
+    model.train()
+    assert torch.equal(pred, result.pred) and torch.equal(result.success, pred != y)
+    correct = model.eval()(x).argmax(1) == y
+    model.train()
+    assert float(result.success[correct].float().mean()) >= (0.99 if name in ("deepfool", "cw") else 0.2)
+    assert torch.equal(result.l2, (result.x_adv - x).flatten(1).norm(dim=1))
 
 
 def test_pass_counts_are_exact(trained_mlp, batch):
@@ -77,7 +117,7 @@ class Escaping(Attack):
         from bench.enums import Norm
         self.norm, self.eps = Norm.LINF, 0.1
 
-    def perturb(self, model, x, y, generator, counter: PassCounter):
+    def perturb(self, model, x, y, generator, counter: PassCounter, target=None):
         return (x + 0.2).clamp(0, 1)
 
 
