@@ -88,15 +88,15 @@ class CarliniWagnerL2(Attack):
         modifier = torch.zeros_like(x, requires_grad=True)
         optimizer = torch.optim.Adam([modifier], lr=self.learning_rate)
         found = torch.zeros_like(const, dtype=torch.bool)
-        previous = float("inf")
+        previous = torch.full_like(const, float("inf"))
         for step in range(self.steps):
             x_new = self.to_image(w0 + modifier)
             logits = model(x_new)
             l2sq = (x_new - x).flatten(1).pow(2).sum(dim=1)
             margin = (-sign * cw_margin(logits, goal)).clamp_min(-self.confidence)
-            loss = (l2sq + const * margin).sum()
+            per_example = l2sq + const * margin
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            per_example.sum().backward()
             optimizer.step()
             counter.add(x.shape[0], backward=True)
             with torch.no_grad():
@@ -108,7 +108,11 @@ class CarliniWagnerL2(Attack):
                 best.copy_(torch.where(better.view(-1, *([1] * (x.ndim - 1))), x_new.detach(), best))
                 found |= hit
             if self.abort_early and step % max(self.steps // 10, 1) == 0:
-                if loss.item() > previous * 0.9999:
+                # Stop once no example's loss improved by 0.01% since the last check. The
+                # reference code tests the batch's summed loss, which lets the examples with
+                # the largest c decide for all of them.
+                current = per_example.detach()
+                if bool((current > previous * 0.9999).all()):
                     break
-                previous = loss.item()
+                previous = current
         return found

@@ -27,7 +27,7 @@ from attacks.registry import register_attack
 from bench.errors import ConfigError
 
 #: Compact the computed batch once this fraction of it is frozen (indexing costs a copy) ...
-COMPACT_FRACTION = 0.2
+COMPACT_FRACTION = 0.35
 #: ... but keep at least this many rows computed.
 MIN_ROWS = 64
 
@@ -161,6 +161,9 @@ class GradientAttack(Attack):
         if restarts > 1 and not random_start:
             raise ConfigError(f"{self.name}: restarts > 1 without random_start repeat the same run")
         get_loss(loss)
+        if loss == "kl":
+            raise ConfigError(f"{self.name}: the 'kl' loss needs reference probabilities (TRADES' inner "
+                              f"loop); attacks take 'ce' or 'cw'")
         self.eps, self.steps, self.step_size = float(eps), int(steps), float(step_size)
         self.random_start, self.momentum, self.loss = bool(random_start), float(momentum), loss
         self.restarts = int(restarts)

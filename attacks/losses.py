@@ -24,7 +24,16 @@ def cw_margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return others.amax(dim=1) - true
 
 
-LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "cw": cw_margin}
+def kl_from_reference(logits: torch.Tensor, reference_probs: torch.Tensor) -> torch.Tensor:
+    """KL(p_ref || softmax(logits)) per example: TRADES' inner objective (Zhang et al. 2019, eq. 5),
+    with the clean prediction's probabilities passed in place of labels."""
+    if not reference_probs.is_floating_point() or reference_probs.shape != logits.shape:
+        raise ConfigError(f"the 'kl' loss takes reference probabilities shaped like the logits "
+                          f"{tuple(logits.shape)}, got {reference_probs.dtype} {tuple(reference_probs.shape)}")
+    return F.kl_div(F.log_softmax(logits, dim=1), reference_probs, reduction="none").sum(dim=1)
+
+
+LOSSES: dict[str, LossFn] = {"ce": cross_entropy, "cw": cw_margin, "kl": kl_from_reference}
 
 
 def get_loss(name: str) -> LossFn:

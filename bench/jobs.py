@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 from attacks.base import canonical_hash
@@ -10,7 +10,7 @@ from bench.suite import Suite, TrainSpec
 from defenses import build_trainer
 
 #: Bump when a change to the training loop changes what a given configuration produces.
-TRAINING_CODE_VERSION = 1
+TRAINING_CODE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -25,12 +25,16 @@ class TrainJob:
     arch_params: dict[str, Any]
     seed: int
     save_every_epoch: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The job whose trained model this one starts from (fine-tuning), or None (from scratch).
+    init: "TrainJob | None" = None
 
     def key(self, dataset_fingerprint: str) -> str:
-        return canonical_hash({"defense": self.defense, "hparams": self.hparams, "arch": self.arch,
-                               "arch_params": self.arch_params, "seed": self.seed,
-                               "dataset": dataset_fingerprint, "code": TRAINING_CODE_VERSION})
+        payload = {"defense": self.defense, "hparams": self.hparams, "arch": self.arch,
+                   "arch_params": self.arch_params, "seed": self.seed,
+                   "dataset": dataset_fingerprint, "code": TRAINING_CODE_VERSION}
+        if self.init is not None:
+            payload["init"] = self.init.key(dataset_fingerprint)
+        return canonical_hash(payload)
 
 
 def _job(spec: TrainSpec, suite: Suite, label: str, role: str, seed: int) -> TrainJob:
@@ -43,14 +47,22 @@ def _job(spec: TrainSpec, suite: Suite, label: str, role: str, seed: int) -> Tra
 
 def plan_training(suite: Suite) -> tuple[list[TrainJob], dict[str, TrainJob]]:
     """(defense jobs, surrogate jobs by role). A defense with several seeds gets one job per seed,
-    labelled ``label@seedN``."""
+    labelled ``label@seedN``; a fine-tuning job starts from its ``init_from`` entry's job of the
+    same seed (a surrogate role: that surrogate's job)."""
+    surrogates = {role: _job(spec, suite, spec.label or role, "surrogate", spec.seed)
+                  for role, spec in suite.surrogates.items()}
+    by_label = {spec.label or spec.defense: spec for spec in suite.defenses}
     defenses: list[TrainJob] = []
     for spec in suite.defenses:
         base = spec.label or spec.defense
         seeds = spec.seeds or suite.seeds
         for seed in seeds:
             label = base if len(seeds) == 1 else f"{base}@seed{seed}"
-            defenses.append(_job(spec, suite, label, "defense", seed))
-    surrogates = {role: _job(spec, suite, spec.label or role, "surrogate", spec.seed)
-                  for role, spec in suite.surrogates.items()}
+            job = _job(spec, suite, label, "defense", seed)
+            if spec.init_from in surrogates:
+                job = replace(job, init=surrogates[spec.init_from])
+            elif spec.init_from is not None:
+                parent = by_label[spec.init_from]
+                job = replace(job, init=_job(parent, suite, spec.init_from, "defense", seed))
+            defenses.append(job)
     return defenses, surrogates

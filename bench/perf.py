@@ -3,8 +3,9 @@ and parameters, in one process, with the forward+backward floor measured in the 
 
 Efficiency of a run = wall / (F * t_fwd + B * (t_fb - t_fwd)), with F and B the counted forward
 and backward image-passes and t_fwd, t_fb the per-image floor times of a plain forward and of a
-forward + cross-entropy + backward to the input at the protocol's batch size (medians of probes
-taken before every measurement). 1.0 means the attack costs exactly its passes.
+forward + cross-entropy + backward to the input at the protocol's batch size, probed right before
+that run; the reported efficiency is the median over the runs (so slow drifts of the machine's
+speed cancel). 1.0 means the attack costs exactly its passes.
 
 The probes run on attack-like inputs: the eval images plus uniform noise in the Linf 0.3 ball,
 clipped to [0, 1], because pass time depends on the data (on this CPU a batch of clean MNIST
@@ -39,7 +40,7 @@ class PerfCase:
     name: str
     ours: tuple[str, dict[str, Any]]
     theirs: list[tuple[str, str, dict[str, Any]]]   # (library, registry name or "direct", params)
-    repeats: int = 3
+    repeats: int = 5
     slow_theirs: bool = False                        # run theirs once, on --slow-n images
     minimum_norm: bool = False
 
@@ -64,11 +65,11 @@ CASES: list[PerfCase] = [
              repeats=1, minimum_norm=True),
     PerfCase("APGD-CE", ("apgd-ce", {"norm": "linf", "eps": 0.3}),
              [("pyautoattack", "direct", {"stages": ["apgd-ce"], "norm": "Linf", "eps": 0.3}),
-              ("torchattacks", "ta-apgd", {"norm": "linf", "eps": 0.3, "steps": 100})]),
+              ("torchattacks", "ta-apgd", {"norm": "linf", "eps": 0.3, "steps": 100})], repeats=3),
     PerfCase("AutoAttack", ("autoattack", {"norm": "linf", "eps": 0.3}),
              [("pyautoattack", "direct", {"stages": ["apgd-ce", "apgd-t", "fab-t", "square"],
                                           "norm": "Linf", "eps": 0.3}),
-              ("torchattacks", "ta-autoattack", {"norm": "linf", "eps": 0.3})]),
+              ("torchattacks", "ta-autoattack", {"norm": "linf", "eps": 0.3})], repeats=3),
 ]
 
 
@@ -140,19 +141,24 @@ def _stats(outcome: dict[str, Any], y: torch.Tensor, clean_correct: torch.Tensor
 
 def measure(run: Callable[[], dict[str, Any]], repeats: int, floor: Floor, model: nn.Module,
             probe: tuple[torch.Tensor, torch.Tensor, int], warmup: Callable[[], Any] | None) -> dict[str, Any]:
-    """Median wall of ``repeats`` runs, floor probed before each; efficiency from counted passes."""
+    """Median wall of ``repeats`` runs. The floor is probed right before each run and each run's
+    efficiency is taken against that probe (so slow drifts of the machine's speed cancel); the
+    reported efficiency is the median of the per-run ratios."""
     if warmup is not None:
         warmup()
-    walls, outcome = [], None
+    walls, ratios, outcome = [], [], None
     for _ in range(repeats):
-        floor.probe(model, *probe)
+        adjacent = Floor()
+        adjacent.probe(model, *probe, repeats=2)
+        floor.fwd.extend(adjacent.fwd)
+        floor.fb.extend(adjacent.fb)
         outcome = run()
         walls.append(outcome["seconds"])
+        ratios.append(outcome["seconds"] / adjacent.cost(outcome["forward"], outcome["backward"]))
     assert outcome is not None
-    wall = statistics.median(walls)
-    return {"outcome": outcome, "wall_s": wall, "all_wall_s": walls,
+    return {"outcome": outcome, "wall_s": statistics.median(walls), "all_wall_s": walls,
             "forward_passes": outcome["forward"], "backward_passes": outcome["backward"],
-            "efficiency": wall / floor.cost(outcome["forward"], outcome["backward"])}
+            "efficiency": statistics.median(ratios), "all_efficiency": ratios}
 
 
 def run_case(case: PerfCase, model: nn.Module, x: torch.Tensor, y: torch.Tensor, probe_x: torch.Tensor,
@@ -202,6 +208,7 @@ def _row(case: PerfCase, library: str, name: str, config: dict[str, Any], n: int
             "wall_s": measured["wall_s"], "all_wall_s": measured["all_wall_s"],
             "images_per_s": n / measured["wall_s"], "forward_passes": measured["forward_passes"],
             "backward_passes": measured["backward_passes"], "efficiency": measured["efficiency"],
+            "all_efficiency": measured["all_efficiency"],
             **_stats(measured["outcome"], y.cpu(), clean_correct)}
 
 

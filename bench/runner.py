@@ -90,6 +90,10 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
                                  environment=environment_record(ctx.device))
     trainer = build_trainer(job.defense, job.hparams)
     model = build_untrained(job, dataset).to(ctx.device)
+    if job.init is not None:
+        parent = ensure_trained(job.init, dataset, dataset_id, ctx)
+        model.load_state_dict(_load(parent, ctx.device)[0].state_dict())
+        log.info("%s: fine-tuning from %s (checkpoint %s)", job.label, job.init.label, parent.sha256[:12])
     epochs = trainer.common.epochs
 
     def record_epoch(epoch: int, trained: nn.Module, record: EpochRecord) -> None:
@@ -106,13 +110,29 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     except BaseException as err:
         ctx.store.fail_run(run_id, f"{type(err).__name__}: {err}")
         raise
-    final = save_checkpoint(folder / "final", result.model,
-                            _checkpoint_meta(job, dataset, epochs, result.epochs[-1], ctx.device, key))
+    kept = result.final_record
+    meta = _checkpoint_meta(job, dataset, kept.epoch, kept, ctx.device, key)
+    if job.init is not None:
+        meta["init_from"] = {"label": job.init.label, "run_key": job.init.key(dataset.fingerprint())}
+    if result.kept_epoch is not None:
+        meta["early_stop"] = {"stopped_at_epoch": result.epochs[-1].epoch, "kept_epoch": result.kept_epoch}
+        log.warning("%s: early stop at epoch %d (collapse); keeping epoch %d", job.label,
+                    result.epochs[-1].epoch, result.kept_epoch)
+    meta["aux"] = {name: _save_aux(folder / f"aux-{name}", name, module, meta)
+                   for name, module in result.aux.items()}
+    final = save_checkpoint(folder / "final", result.model, meta)
     checkpoint_id = ctx.store.add_checkpoint(run_id, final.sha256, str(final.path), final.meta, final=True)
     ctx.store.finish_run(run_id, time.perf_counter() - start)
     log.info("%s: trained in %.1fs, test accuracy %.2f%%", job.label, time.perf_counter() - start,
-             100 * result.epochs[-1].test_accuracy)
+             100 * kept.test_accuracy)
     return TrainedModel(job, checkpoint_id, final.path, final.sha256)
+
+
+def _save_aux(folder: Path, name: str, module: nn.Module, meta: dict) -> dict[str, str]:
+    """Save an auxiliary network (weights + meta, like a checkpoint) beside the classifier."""
+    saved = save_checkpoint(folder, module, {**meta, "arch": f"aux:{name}", "aux_of": meta["label"],
+                                             "aux_class": type(module).__qualname__})
+    return {"path": str(saved.path), "sha256": saved.sha256}
 
 
 def ensure_evaluated(model: nn.Module, checkpoint: Checkpoint, checkpoint_id: int, dataset: Dataset,

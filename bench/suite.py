@@ -111,12 +111,18 @@ class TrainSpec(_Strict):
     hparams: dict[str, Any] = Field(default_factory=dict)
     model: ModelSpec | None = None
     seeds: list[int] | None = None
+    #: Fine-tune from another entry's trained model: a defense label of the suite (same seed)
+    #: or a surrogate role. Required by defenses that only fine-tune (Deep Defense).
+    init_from: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "TrainSpec":
-        from defenses import build_trainer
+        from defenses import DEFENSES, build_trainer
 
         build_trainer(self.defense, self.hparams)
+        if DEFENSES.get(self.defense).factory.fine_tunes and not self.init_from:
+            raise ValueError(f"defense {self.defense!r} fine-tunes a trained model: set 'init_from' "
+                             f"to the label of the entry it starts from")
         return self
 
 
@@ -158,6 +164,19 @@ class Suite(_Strict):
         duplicates = sorted({n for n in labels if labels.count(n) > 1})
         if duplicates:
             raise ValueError(f"defense labels must be unique (set 'label'), repeated: {duplicates}")
+        by_label = dict(zip(labels, self.defenses))
+        for label, spec in zip(labels, self.defenses):
+            if spec.init_from is None:
+                continue
+            parent = by_label.get(spec.init_from) or self.surrogates.get(spec.init_from)
+            if parent is None:
+                raise ValueError(f"{label}: init_from {spec.init_from!r} is neither a defense label nor a "
+                                 f"surrogate role (labels: {labels}; roles: {sorted(self.surrogates)})")
+            if parent.init_from is not None:
+                raise ValueError(f"{label}: init_from {spec.init_from!r}, which fine-tunes itself; chains "
+                                 f"of fine-tuning are not supported")
+            if (parent.model or self.model) != (spec.model or self.model):
+                raise ValueError(f"{label}: init_from {spec.init_from!r} has another architecture")
         return self
 
 

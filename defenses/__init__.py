@@ -1,8 +1,10 @@
 """Defense trainers, one module per family, registered by name in ``DEFENSES``."""
 
-from defenses.base import BatchContext, BatchOutput, CommonHParams, EpochRecord, TrainResult, Trainer, build_trainer
+from defenses.base import (BatchContext, BatchOutput, CommonHParams, EpochContext, EpochRecord, TrainResult,
+                           Trainer, build_trainer)
 from defenses.registry import DEFENSES, register_defense
-from defenses import adversarial, standard  # noqa: F401  (registers the built-ins)
+from defenses import (adversarial, deep_defense, efgsm_rec, fast_at, free_at,  # noqa: F401  (registers)
+                      parseval, robust_optimization, standard, trades)
 
-__all__ = ["DEFENSES", "BatchContext", "BatchOutput", "CommonHParams", "EpochRecord", "TrainResult",
+__all__ = ["DEFENSES", "BatchContext", "BatchOutput", "CommonHParams", "EpochContext", "EpochRecord", "TrainResult",
            "Trainer", "build_trainer", "register_defense"]

@@ -1,11 +1,15 @@
 """The defense contract (DESIGN.md): ``fit(model, data, seed, callbacks) -> TrainResult``.
 
-``Trainer.fit`` owns the shared loop: seeded shuffling with a ``torch.Generator``, the optimizer,
-per-epoch timing, pass counting, test accuracy, NaN/inf detection, callbacks and a progress bar.
-Each defense implements only ``batch_loss``."""
+``Trainer.fit`` owns the shared loop: seeded shuffling with a ``torch.Generator``, the optimizer
+and its learning-rate schedule, per-epoch timing, pass counting, test accuracy, NaN/inf detection,
+callbacks, a progress bar, and the early stop that restores the last good epoch. A defense
+implements ``batch_loss`` and, where its method needs them, the hooks ``setup`` (per-run state and
+auxiliary networks), ``train_batch`` (several optimizer steps per minibatch), ``after_step``
+(a projection of the weights) and ``end_epoch`` (per-epoch statistics and collapse detection)."""
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from abc import ABC, abstractmethod
@@ -20,10 +24,17 @@ from attacks.base import PassCounter
 from bench.datasets import Dataset
 from bench.errors import ConfigError, TrainingDivergedError
 
+LR_SCHEDULES = ("constant", "cyclic", "multistep")
+
 
 @dataclass
 class CommonHParams:
-    """Optimization settings every trainer shares."""
+    """Optimization settings every trainer shares.
+
+    ``lr_schedule``: ``constant``; ``cyclic`` (Wong et al. 2020: linear 0 -> lr over the first 2/5
+    of training, then linear to 0, updated every step); ``multistep`` (multiply by ``lr_gamma`` at
+    each of ``lr_milestones``, given as fractions of the epochs, e.g. [0.8] halves the rate for
+    the last fifth with ``lr_gamma`` 0.5, as Deep Defense fine-tunes)."""
 
     epochs: int = 20
     batch_size: int = 50
@@ -31,6 +42,9 @@ class CommonHParams:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
+    lr_gamma: float = 0.1
 
     def validate(self) -> None:
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
@@ -39,9 +53,25 @@ class CommonHParams:
                               f"weight_decay={self.weight_decay}")
         if self.optimizer not in ("adam", "sgd"):
             raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if not all(0 < m < 1 for m in self.lr_milestones) or not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr_milestones must be fractions in (0, 1) and 0 < lr_gamma <= 1; got "
+                              f"{self.lr_milestones}, {self.lr_gamma}")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def lr_at(self, progress: float) -> float:
+        """The learning rate after ``progress`` epochs (fractional: 2.5 is half-way through the third)."""
+        if self.lr_schedule == "cyclic":
+            peak = 0.4 * self.epochs
+            rise = progress / peak if progress < peak else (self.epochs - progress) / (self.epochs - peak)
+            return self.lr * max(rise, 0.0)
+        if self.lr_schedule == "multistep":
+            passed = sum(progress >= m * self.epochs - 1e-9 for m in self.lr_milestones)
+            return self.lr * self.lr_gamma ** passed
+        return self.lr
 
 
 @dataclass
@@ -54,6 +84,8 @@ class EpochRecord:
     seconds: float
     forward_passes: int
     backward_passes: int
+    #: Defense-specific statistics of the epoch (robust estimates, early-stop decisions ...).
+    extra: dict[str, Any] | None = None
 
 
 @dataclass
@@ -62,6 +94,15 @@ class TrainResult:
     epochs: list[EpochRecord]
     #: Auxiliary networks (generators, attackers, re-constructors) saved beside the classifier.
     aux: dict[str, nn.Module] = field(default_factory=dict)
+    #: Set when the early stop fired: the epoch whose weights were restored and returned.
+    kept_epoch: int | None = None
+
+    @property
+    def final_record(self) -> EpochRecord:
+        """The record of the epoch whose weights ``model`` holds."""
+        if self.kept_epoch is None:
+            return self.epochs[-1]
+        return next(r for r in self.epochs if r.epoch == self.kept_epoch)
 
 
 @dataclass
@@ -76,6 +117,21 @@ class BatchOutput:
 @dataclass
 class BatchContext:
     epoch: int
+    generator: torch.Generator
+    counter: PassCounter
+    #: Indices of the minibatch's examples in the training split (per-sample state is keyed by them).
+    index: torch.Tensor | None = None
+    #: Epochs completed so far, fractional (drives the learning-rate schedule).
+    progress: float = 0.0
+
+
+@dataclass
+class EpochContext:
+    """What ``end_epoch`` may look at: the training split and the run's generator."""
+
+    epoch: int
+    x_train: torch.Tensor
+    y_train: torch.Tensor
     generator: torch.Generator
     counter: PassCounter
 
@@ -97,33 +153,98 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return correct / max(1, x.shape[0])
 
 
+@dataclass
+class _Tally:
+    """Running sums of one epoch."""
+
+    loss: float = 0.0
+    seen: int = 0
+    clean_hits: int = 0
+    clean_seen: int = 0
+    adv_hits: int = 0
+    adv_seen: int = 0
+
+    def add(self, out: BatchOutput, y: torch.Tensor) -> None:
+        self.loss += float(out.loss.detach()) * len(y)
+        self.seen += len(y)
+        if out.clean_logits is not None:
+            self.clean_hits += int((out.clean_logits.argmax(1) == y).sum())
+            self.clean_seen += len(y)
+        if out.adv_logits is not None:
+            self.adv_hits += int((out.adv_logits.argmax(1) == y).sum())
+            self.adv_seen += len(y)
+
+
 class Trainer(ABC):
     """A defense: hyper-parameters set once, then ``fit`` on data."""
 
     name = "trainer"
     #: The dataclass of this defense's own hyper-parameters (its strength knob among them).
     Params: type = type("NoParams", (), {"__dataclass_fields__": {}})
+    #: True for defenses that fine-tune a trained model (the suite must give ``init_from``).
+    fine_tunes = False
+    #: True for defenses whose ``end_epoch`` may report a collapse (the loop then keeps a copy
+    #: of the last good epoch's weights to restore).
+    detects_collapse = False
 
     def __init__(self, common: CommonHParams, params: Any) -> None:
         common.validate()
         self.common = common
         self.params = params
+        #: Auxiliary networks trained with the classifier (created by ``setup``).
+        self.aux: dict[str, nn.Module] = {}
 
     def hparams(self) -> dict[str, Any]:
         """Every hyper-parameter, defaults filled in (hashed into the training job's key)."""
         return {**self.common.as_dict(), **asdict(self.params)}
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def setup(self, model: nn.Module, data: Dataset, device: torch.device,
+              generator: torch.Generator) -> None:
+        """Create per-run state (auxiliary networks in ``self.aux``, per-sample memories)."""
 
     @abstractmethod
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    ctx: BatchContext) -> BatchOutput:
         """The loss of one minibatch; count every pass in ``ctx.counter``."""
 
+    def train_batch(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, ctx: BatchContext,
+                    optimizer: torch.optim.Optimizer) -> BatchOutput:
+        """One minibatch: loss, backward, optimizer step, ``after_step``."""
+        out = self.batch_loss(model, x, y, ctx)
+        self.check_finite(out.loss, ctx)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        self.after_step(model, ctx)
+        return out
+
+    def after_step(self, model: nn.Module, ctx: BatchContext) -> None:
+        """Called after every optimizer step (e.g. a retraction of the weights)."""
+
+    def end_epoch(self, model: nn.Module, ctx: EpochContext) -> dict[str, Any]:
+        """Per-epoch statistics stored with the epoch; ``{"collapsed": True}`` stops training and
+        restores the previous epoch's weights (the catastrophic-overfitting early stop)."""
+        return {}
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    def check_finite(self, loss: torch.Tensor, ctx: BatchContext) -> None:
+        if not torch.isfinite(loss):
+            raise TrainingDivergedError(f"{self.name}: loss became {float(loss.detach())} at epoch "
+                                        f"{ctx.epoch}; lower the learning rate (lr={self.common.lr}) "
+                                        f"or the strength knob")
+
+    def trained_modules(self, model: nn.Module) -> list[nn.Module]:
+        return [model, *self.aux.values()]
+
     def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         c = self.common
+        params = [p for module in self.trained_modules(model) for p in module.parameters() if p.requires_grad]
         if c.optimizer == "sgd":
-            return torch.optim.SGD(model.parameters(), lr=c.lr, momentum=c.momentum,
-                                   weight_decay=c.weight_decay)
-        return torch.optim.Adam(model.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
 
     def fit(self, model: nn.Module, data: Dataset, seed: int,
             callbacks: list[EpochCallback] | tuple = (), progress: bool = True) -> TrainResult:
@@ -132,51 +253,70 @@ class Trainer(ABC):
         x_train, y_train = data.x_train.to(device), data.y_train.to(device)
         x_test, y_test = data.x_test.to(device), data.y_test.to(device)
         shuffle = torch.Generator().manual_seed(seed)
-        ctx = BatchContext(0, torch.Generator(device=device).manual_seed(seed + 1), PassCounter())
+        generator = torch.Generator(device=device).manual_seed(seed + 1)
+        self.setup(model, data, device, generator)
         optimizer = self.make_optimizer(model)
         records: list[EpochRecord] = []
-        bs = self.common.batch_size
+        snapshot: list[dict[str, torch.Tensor]] | None = None
+        kept_epoch = None
+        batches_per_epoch = math.ceil(x_train.shape[0] / self.common.batch_size)
         for epoch in range(1, self.common.epochs + 1):
-            ctx.epoch, ctx.counter = epoch, PassCounter()
-            model.train()
+            ctx = BatchContext(epoch, generator, PassCounter())
             start = time.perf_counter()
-            order = torch.randperm(x_train.shape[0], generator=shuffle).to(device)
-            total_loss, clean_hits, clean_seen, adv_hits, adv_seen, seen = 0.0, 0, 0, 0, 0, 0
-            batches = tqdm(range(0, len(order), bs), desc=f"{self.name} epoch {epoch}/{self.common.epochs}",
-                           leave=False, disable=None if progress else True, unit="batch")
-            for begin in batches:
-                index = order[begin:begin + bs]
-                x, y = x_train[index], y_train[index]
-                out = self.batch_loss(model, x, y, ctx)
-                if not torch.isfinite(out.loss):
-                    raise TrainingDivergedError(f"{self.name}: loss became {float(out.loss.detach())} at epoch "
-                                                f"{epoch}, batch {begin // bs + 1}; lower the learning "
-                                                f"rate (lr={self.common.lr}) or the strength knob")
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                optimizer.step()
-                total_loss += float(out.loss.detach()) * len(y)
-                seen += len(y)
-                if out.clean_logits is not None:
-                    clean_hits += int((out.clean_logits.argmax(1) == y).sum())
-                    clean_seen += len(y)
-                if out.adv_logits is not None:
-                    adv_hits += int((out.adv_logits.argmax(1) == y).sum())
-                    adv_seen += len(y)
+            tally = self._run_epoch(model, x_train, y_train, shuffle, ctx, optimizer, batches_per_epoch, progress)
+            extra = self.end_epoch(model, EpochContext(epoch, x_train, y_train, generator, ctx.counter))
             seconds = time.perf_counter() - start
-            record = EpochRecord(epoch, total_loss / seen,
-                                 clean_hits / clean_seen if clean_seen else accuracy(model, x_train, y_train),
-                                 adv_hits / adv_seen if adv_seen else None,
-                                 accuracy(model, x_test, y_test), seconds,
-                                 ctx.counter.forward, ctx.counter.backward)
+            record = EpochRecord(
+                epoch, tally.loss / tally.seen,
+                tally.clean_hits / tally.clean_seen if tally.clean_seen else accuracy(model, x_train, y_train),
+                tally.adv_hits / tally.adv_seen if tally.adv_seen else None,
+                accuracy(model, x_test, y_test), seconds, ctx.counter.forward, ctx.counter.backward,
+                extra or None)
             if not math.isfinite(record.loss):
                 raise TrainingDivergedError(f"{self.name}: epoch {epoch} mean loss is {record.loss}")
+            collapsed = bool(extra.get("collapsed")) and snapshot is not None
+            if collapsed:
+                kept_epoch = epoch - 1
+                record.extra = {**extra, "restored_epoch": kept_epoch}
             records.append(record)
             for callback in callbacks:
                 callback(epoch, model, record)
+            if collapsed:
+                self._restore(model, snapshot)
+                break
+            if self.detects_collapse:
+                snapshot = self._snapshot(model)
         optimizer.zero_grad(set_to_none=True)
         model.eval()
-        return TrainResult(model, records)
+        for module in self.aux.values():
+            module.eval()
+        return TrainResult(model, records, dict(self.aux), kept_epoch)
+
+    def _run_epoch(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
+                   shuffle: torch.Generator, ctx: BatchContext, optimizer: torch.optim.Optimizer,
+                   batches_per_epoch: int, progress: bool) -> _Tally:
+        for module in self.trained_modules(model):
+            module.train()
+        bs = self.common.batch_size
+        order = torch.randperm(x_train.shape[0], generator=shuffle).to(x_train.device)
+        tally = _Tally()
+        batches = tqdm(range(0, len(order), bs), desc=f"{self.name} epoch {ctx.epoch}/{self.common.epochs}",
+                       leave=False, disable=None if progress else True, unit="batch")
+        for number, begin in enumerate(batches):
+            ctx.index = order[begin:begin + bs]
+            ctx.progress = ctx.epoch - 1 + number / batches_per_epoch
+            for group in optimizer.param_groups:
+                group["lr"] = self.common.lr_at(ctx.progress)
+            x, y = x_train[ctx.index], y_train[ctx.index]
+            tally.add(self.train_batch(model, x, y, ctx, optimizer), y)
+        return tally
+
+    def _snapshot(self, model: nn.Module) -> list[dict[str, torch.Tensor]]:
+        return [copy.deepcopy(module.state_dict()) for module in self.trained_modules(model)]
+
+    def _restore(self, model: nn.Module, snapshot: list[dict[str, torch.Tensor]]) -> None:
+        for module, state in zip(self.trained_modules(model), snapshot):
+            module.load_state_dict(state)
 
 
 def build_trainer(name: str, params: dict[str, Any]) -> Trainer:

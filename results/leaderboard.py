@@ -35,16 +35,20 @@ def leaderboard(store: Store, protocol: str) -> pd.DataFrame:
     ids = [int(i) for i in evaluations.evaluation_id]
     with store.engine.connect() as conn:
         attacks = pd.read_sql(select(AttackRow.evaluation_id, AttackRow.id, AttackRow.attack_id,
-                                     AttackRow.threat, AttackRow.robust_accuracy)
+                                     AttackRow.threat, AttackRow.eps, AttackRow.robust_accuracy,
+                                     AttackRow.median_l2)
                               .where(AttackRow.evaluation_id.in_(ids)), conn)
         timing = pd.read_sql(select(EpochRow.run_id, func.avg(EpochRow.seconds).label("sec_per_epoch"))
                              .where(EpochRow.run_id.in_([int(r) for r in evaluations.run_id]))
                              .group_by(EpochRow.run_id), conn)
     order = attacks.sort_values("id").drop_duplicates("attack_id")
-    names = {row.attack_id: f"{row.attack_id} (black-box)" if row.threat == "black-box" else row.attack_id
-             for row in order.itertuples()}
-    robust = attacks.pivot(index="evaluation_id", columns="attack_id", values="robust_accuracy")
-    robust = robust[list(order.attack_id)].rename(columns=names) * 100
+    names = {row.attack_id: _column_name(row) for row in order.itertuples()}
+    # bounded attacks: robust accuracy in %; minimum-norm attacks (no eps): median L2 of the
+    # perturbations that fooled correctly classified points
+    attacks["value"] = attacks.robust_accuracy.where(attacks.eps.notna(), attacks.median_l2)
+    attacks.loc[attacks.eps.notna(), "value"] *= 100
+    robust = attacks.pivot(index="evaluation_id", columns="attack_id", values="value")
+    robust = robust[list(order.attack_id)].rename(columns=names)
     table = evaluations.merge(timing, on="run_id", how="left").set_index("evaluation_id")
     table = table[["label", "defense", "arch", "seed", "benign_accuracy", "sec_per_epoch"]].join(robust)
     table["benign_accuracy"] *= 100
@@ -53,9 +57,20 @@ def leaderboard(store: Store, protocol: str) -> pd.DataFrame:
                                  ).reset_index(drop=True)
 
 
+def _column_name(row) -> str:
+    if row.threat == "black-box":
+        return f"{row.attack_id} (black-box)"
+    if pd.isna(row.eps):
+        return f"{row.attack_id} median L2"
+    return row.attack_id
+
+
 def format_table(table: pd.DataFrame, protocol: str) -> str:
     if table.empty:
         return f"no evaluations stored under protocol {protocol!r}"
     header = (f"Leaderboard, protocol {protocol}: accuracy in % on the eval subset "
-              "(robust columns: accuracy under that attack)")
-    return header + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.1f}")
+              "(robust columns: accuracy under that attack; 'median L2' columns: median size of the "
+              "minimum-norm attack's successful perturbations, in [0, 1] pixel units)")
+    formatters = {c: "{:.3f}".format for c in table.columns if str(c).endswith("median L2")}
+    return header + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.1f}",
+                                           formatters=formatters, na_rep="-")

@@ -65,6 +65,8 @@ class EpochRow(Base):
     seconds: Mapped[float]
     forward_passes: Mapped[int]
     backward_passes: Mapped[int]
+    #: Defense-specific statistics (robust estimates, early-stop decisions); migration 0002.
+    extra: Mapped[Optional[dict[str, Any]]]
     run: Mapped[TrainingRun] = relationship(back_populates="epochs")
 
 

@@ -51,10 +51,27 @@ def test_run_stores_one_row_per_checkpoint_attack_image(tiny_run, capsys):
     evaluations = db.execute("select count(*) from evaluations").fetchone()[0]
     distinct = db.execute("select count(distinct attack_result_id || '-' || example_index) "
                           "from example_results").fetchone()[0]
-    assert evaluations == 2 and rows == distinct == 2 * 3 * 120
+    # three attacks plus the per-example worst case over the Linf-0.1 threat model
+    assert evaluations == 2 and rows == distinct == 2 * 4 * 120
     runs = db.execute("select label, status from training_runs order by id").fetchall()
     assert runs == [("surrogate", "finished"), ("standard", "finished"), ("pgd-at", "finished")]
     assert db.execute("select count(*) from epochs").fetchone()[0] == 9
+
+
+def test_worst_case_is_any_attack_succeeded(tiny_run):
+    root, _ = tiny_run
+    db = sqlite3.connect(root / "work" / "advarena.db")
+    per_point = db.execute(
+        "select a.evaluation_id, e.example_index, a.attack_id, e.success from example_results e "
+        "join attack_results a on a.id = e.attack_result_id").fetchall()
+    any_success, worst = {}, {}
+    for evaluation, index, attack, success in per_point:
+        key = (evaluation, index)
+        if attack == "worst-case-linf-0.1":
+            worst[key] = bool(success)
+        else:
+            any_success[key] = any_success.get(key, False) or bool(success)
+    assert worst and worst == any_success
 
 
 def test_rerun_skips_every_job_and_prints_the_same_table(tiny_run, capsys):

@@ -1,0 +1,98 @@
+"""Fast adversarial training (Wong, Rice & Kolter, ICLR 2020; DEFENSE_SPECS sec. 7).
+
+FGSM from a uniform random start: delta ~ U(-eps, eps) (x + delta clipped to [0, 1]), one step of
+size alpha (1.25 eps by default) along sign(grad), projection onto the eps-ball and the box, then
+train on CE(f(x + delta)) only. Use it with ``lr_schedule: cyclic`` as the paper does.
+
+Catastrophic-overfitting early stop (the reference code's ``--early-stop``): after every epoch,
+PGD-5 (step eps/4, one random start) on one fixed training minibatch (here the first ``batch_size``
+examples of the training split); if its robust accuracy drops by more than ``collapse_drop``
+(0.2) from the previous epoch, training stops and the previous epoch's weights are kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from attacks.gradient import gradient_ascent
+from attacks.norms import hooks_for
+from bench.datasets import Dataset
+from bench.errors import ConfigError
+from defenses.base import BatchContext, BatchOutput, EpochContext, Trainer
+from defenses.registry import register_defense
+
+
+def pgd_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
+              generator: torch.Generator, ctx: EpochContext | None = None) -> float:
+    """Robust accuracy of ``model`` (eval mode, restored) under Linf PGD with step eps/4 from one
+    random start: the collapse probe of Wong et al.'s early stop."""
+    was_training = model.training
+    model.eval()
+    counter = ctx.counter if ctx is not None else None
+    x_adv = gradient_ascent(model, x, y, hooks=hooks_for("linf"), eps=eps, steps=steps, step_size=eps / 4,
+                            random_start=True, generator=generator, counter=counter)
+    with torch.no_grad():
+        robust = float((model(x_adv).argmax(1) == y).float().mean())
+    if counter is not None:
+        counter.add(len(y), backward=False)
+    model.train(was_training)
+    return robust
+
+
+@dataclass
+class FastATParams:
+    eps: float = 0.3
+    #: FGSM step; None means 1.25 eps (the paper's alpha).
+    alpha: float | None = None
+    early_stop: bool = True
+    #: Absolute drop of the probe's robust accuracy that counts as a collapse.
+    collapse_drop: float = 0.2
+    probe_steps: int = 5
+
+
+@register_defense("fast-at", strength="eps", paper="Wong, Rice & Kolter 2020")
+class FastAdversarialTraining(Trainer):
+    """FGSM with random start and step 1.25 eps, with the catastrophic-overfitting early stop."""
+
+    name = "fast-at"
+    Params = FastATParams
+    detects_collapse = True
+
+    def __init__(self, common, params: FastATParams) -> None:
+        super().__init__(common, params)
+        if params.eps <= 0 or (params.alpha is not None and params.alpha <= 0) or params.probe_steps < 1:
+            raise ConfigError(f"fast-at: need eps > 0, alpha > 0 or None, probe_steps >= 1; got {params}")
+        self.hooks = hooks_for("linf")
+        self.previous_probe: float | None = None
+
+    def setup(self, model: nn.Module, data: Dataset, device: torch.device,
+              generator: torch.Generator) -> None:
+        self.previous_probe = None
+
+    @property
+    def alpha(self) -> float:
+        return 1.25 * self.params.eps if self.params.alpha is None else self.params.alpha
+
+    def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                   ctx: BatchContext) -> BatchOutput:
+        x_adv = gradient_ascent(model, x, y, hooks=self.hooks, eps=self.params.eps, steps=1,
+                                step_size=self.alpha, random_start=True, generator=ctx.generator,
+                                counter=ctx.counter)
+        adv_logits = model(x_adv)
+        ctx.counter.add(len(y), backward=True)
+        return BatchOutput(F.cross_entropy(adv_logits, y), None, adv_logits)
+
+    def end_epoch(self, model: nn.Module, ctx: EpochContext) -> dict[str, Any]:
+        if not self.params.early_stop:
+            return {}
+        n = self.common.batch_size
+        probe = pgd_check(model, ctx.x_train[:n], ctx.y_train[:n], self.params.eps, self.params.probe_steps,
+                          ctx.generator, ctx)
+        collapsed = self.previous_probe is not None and probe < self.previous_probe - self.params.collapse_drop
+        if not collapsed:
+            self.previous_probe = probe
+        return {"probe_pgd_robust_accuracy": probe, "collapsed": collapsed}
