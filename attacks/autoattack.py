@@ -11,6 +11,8 @@ global random state is left exactly as it was."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from typing import Any
 
@@ -57,8 +59,9 @@ class AutoAttackAdapter(Attack):
 
     def build(self, model: nn.Module, device: torch.device) -> Any:
         """The package's AutoAttack object with the standard version's settings."""
-        adversary = load_pyautoattack().AutoAttack(model, norm=_PACKAGE_NORMS[self.norm], eps=self.eps,
-                                                   version="standard", seed=self.seed, device=device)
+        with contextlib.redirect_stdout(io.StringIO()):  # the package prints its settings
+            adversary = load_pyautoattack().AutoAttack(model, norm=_PACKAGE_NORMS[self.norm], eps=self.eps,
+                                                       version="standard", seed=self.seed, device=device)
         adversary.attacks_to_run = list(self.stages)
         adversary.logger.setLevel(logging.WARNING)
         return adversary
