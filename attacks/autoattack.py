@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import Attack, PassCounter
+from attacks.base import Attack, PassCounter, isolated_global_rng
 from attacks.counting import CountingModel
 from attacks.norms import hooks_for
 from attacks.registry import register_attack
@@ -27,7 +27,7 @@ from bench.enums import Norm
 from bench.errors import ConfigError
 
 COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
-_PACKAGE_NORMS = {Norm.LINF: "Linf", Norm.L2: "L2"}
+PACKAGE_NORMS = {Norm.LINF: "Linf", Norm.L2: "L2"}
 
 
 def load_pyautoattack() -> Any:
@@ -60,7 +60,7 @@ class AutoAttackAdapter(Attack):
     def build(self, model: nn.Module, device: torch.device) -> Any:
         """The package's AutoAttack object with the standard version's settings."""
         with contextlib.redirect_stdout(io.StringIO()):  # the package prints its settings
-            adversary = load_pyautoattack().AutoAttack(model, norm=_PACKAGE_NORMS[self.norm], eps=self.eps,
+            adversary = load_pyautoattack().AutoAttack(model, norm=PACKAGE_NORMS[self.norm], eps=self.eps,
                                                        version="standard", seed=self.seed, device=device)
         adversary.attacks_to_run = list(self.stages)
         adversary.logger.setLevel(logging.WARNING)
@@ -73,8 +73,7 @@ class AutoAttackAdapter(Attack):
             raise ConfigError(f"{self.name}: explicit targets are not supported (APGD-T and FAB-T "
                               f"pick their own target classes)")
         adversary = self.build(CountingModel(model, counter), x.device)
-        devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
+        with isolated_global_rng(x.device):
             x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=self.batch_size)
         return x_adv.to(x.dtype)
 

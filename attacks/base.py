@@ -7,11 +7,12 @@ only ``perturb``."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -57,6 +58,17 @@ class AttackResult:
 def canonical_hash(payload: Any) -> str:
     """sha256 of the canonical JSON of ``payload`` (sorted keys): the content key of a config."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+@contextlib.contextmanager
+def isolated_global_rng(device: torch.device, seed: int | None = None) -> Iterator[None]:
+    """Run code that uses torch's global generator (third-party attacks, layer initializers)
+    without disturbing the caller's random state: forked on CPU and, for a CUDA ``device``, that
+    device; seeded with ``seed`` when given."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        yield
 
 
 def check_inputs(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -47,6 +47,18 @@ def input_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str
     return logits.detach(), grad
 
 
+def rowwise_input_gradients(outputs: torch.Tensor, x: torch.Tensor,
+                            create_graph: bool = False) -> torch.Tensor:
+    """Input gradients of every column of ``outputs`` (B, K), as (B, K, *x.shape[1:]): K backward
+    passes batched into one call (``is_grads_batched``), no loop over classes. With
+    ``create_graph`` the result is differentiable w.r.t. the parameters (double backprop)."""
+    k = outputs.shape[1]
+    selectors = torch.eye(k, dtype=outputs.dtype, device=outputs.device)[:, None, :].expand(k, *outputs.shape)
+    (grads,) = torch.autograd.grad(outputs, x, grad_outputs=selectors, is_grads_batched=True,
+                                   create_graph=create_graph)
+    return grads.transpose(0, 1)
+
+
 def is_fooled(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
     """Untargeted success: argmax != y; targeted: argmax == target."""
     pred = logits.argmax(dim=1)

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from attacks.base import Attack, PassCounter
+from attacks.autoattack import PACKAGE_NORMS
+from attacks.base import Attack, PassCounter, isolated_global_rng
 from attacks.counting import CountingModel
 from attacks.registry import register_attack
 from bench.enums import Norm
@@ -49,9 +50,7 @@ class TorchattacksAdapter(Attack):
             raise ConfigError(f"{self.name}: the torchattacks adapters are untargeted")
         attack = getattr(load_torchattacks(), self.ta_class)(CountingModel(model, counter), **self.kwargs)
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
-        devices = [x.device] if x.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+        with isolated_global_rng(x.device, seed):
             return attack(x, y).detach().to(x.dtype)
 
 
@@ -128,7 +127,7 @@ class TAAPGD(TorchattacksAdapter):
     def __init__(self, norm: str = "linf", eps: float = 0.3, steps: int = 100, n_restarts: int = 1,
                  loss: str = "ce", seed: int = 0) -> None:
         parsed = Norm.parse(norm)
-        super().__init__(parsed, eps, seed, norm={Norm.LINF: "Linf", Norm.L2: "L2"}[parsed], eps=eps,
+        super().__init__(parsed, eps, seed, norm=PACKAGE_NORMS[parsed], eps=eps,
                          steps=steps, n_restarts=n_restarts, loss=loss, seed=seed)
 
 
@@ -140,5 +139,5 @@ class TAAutoAttack(TorchattacksAdapter):
 
     def __init__(self, norm: str = "linf", eps: float = 0.3, n_classes: int = 10, seed: int = 0) -> None:
         parsed = Norm.parse(norm)
-        super().__init__(parsed, eps, seed, norm={Norm.LINF: "Linf", Norm.L2: "L2"}[parsed], eps=eps,
+        super().__init__(parsed, eps, seed, norm=PACKAGE_NORMS[parsed], eps=eps,
                          version="standard", n_classes=n_classes, seed=seed)

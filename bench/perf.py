@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from attacks import ATTACKS, Attack, PassCounter
 from attacks.autoattack import load_pyautoattack
+from attacks.base import isolated_global_rng
 from attacks.counting import CountingModel
 from bench.evaluate import run_attack
 
@@ -118,7 +119,7 @@ def _direct_autoattack(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch
     was_training = model.training
     model.eval()
     start = time.perf_counter()
-    with torch.random.fork_rng(devices=[]):
+    with isolated_global_rng(x.device):
         x_adv, _ = adversary.run_standard_evaluation(x, y, batch_size=batch_size)
     seconds = time.perf_counter() - start
     with torch.no_grad():

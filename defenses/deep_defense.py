@@ -28,6 +28,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from attacks.gradient import rowwise_input_gradients
+from bench.datasets import Dataset
 from bench.errors import ConfigError
 from defenses.base import BatchContext, BatchOutput, Trainer
 from defenses.registry import register_defense
@@ -37,11 +39,7 @@ def logits_and_jacobian(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor
     """Logits (B, K) at ``x`` and all K input-gradient rows (B, K, *x.shape[1:]), differentiable
     w.r.t. the parameters and ``x`` (one forward, K backward passes batched with vmap)."""
     logits = model(x)
-    k = logits.shape[1]
-    selectors = torch.eye(k, dtype=logits.dtype, device=x.device)[:, None, :].expand(k, *logits.shape)
-    (jacobian,) = torch.autograd.grad(logits, x, grad_outputs=selectors, is_grads_batched=True,
-                                      create_graph=True)
-    return logits, jacobian.transpose(0, 1)
+    return logits, rowwise_input_gradients(logits, x, create_graph=True)
 
 
 @dataclass
@@ -130,12 +128,12 @@ class DeepDefense(Trainer):
             raise ConfigError(f"deep-defense: need lam >= 0, c > 0, d > 0, max_iter >= 1, overshoot >= 0, "
                               f"norm_eps >= 0; got {params}")
 
-    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+    def setup(self, model: nn.Module, data: Dataset, device: torch.device,
+              generator: torch.Generator) -> None:
+        """BatchNorm parameters are not trained (the optimizer skips frozen parameters)."""
         for module in model.modules():
             if isinstance(module, _BatchNorm):
-                for param in module.parameters():
-                    param.requires_grad_(False)
-        return super().make_optimizer(model)
+                module.requires_grad_(False)
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    ctx: BatchContext) -> BatchOutput:

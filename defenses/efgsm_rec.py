@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from attacks.base import isolated_global_rng
+from attacks.gradient import rowwise_input_gradients
 from bench.datasets import Dataset
 from bench.errors import ConfigError
 from defenses.base import BatchContext, BatchOutput, EpochContext, Trainer
@@ -80,9 +82,7 @@ def linearized_boundary_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         classes = torch.cat([y[:, None], rest], dim=1)
     picked = logits.gather(1, classes)
     n = classes.shape[1]
-    selectors = torch.eye(n, dtype=picked.dtype, device=x.device)[:, None, :].expand(n, *picked.shape)
-    (grads,) = torch.autograd.grad(picked, x, grad_outputs=selectors, is_grads_batched=True)
-    grads = grads.transpose(0, 1)
+    grads = rowwise_input_gradients(picked, x)
     w = grads[:, 1:] - grads[:, :1]
     gap = (picked[:, 1:] - picked[:, :1]).detach().abs()
     distance = gap / w.flatten(2).abs().sum(dim=2).clamp_min(1e-12)
@@ -138,8 +138,7 @@ class EFGSMReconstructor(Trainer):
     def setup(self, model: nn.Module, data: Dataset, device: torch.device,
               generator: torch.Generator) -> None:
         self.gamma = torch.zeros(data.x_train.shape, device=device)
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(int(torch.randint(2**31, (1,), generator=generator, device=device)))
+        with isolated_global_rng(device, int(torch.randint(2**31, (1,), generator=generator, device=device))):
             self.aux = {"reconstructor": Reconstructor(data.num_classes, tuple(data.input_shape)).to(device)}
         self.high_risk = self.seen = 0
         self.previous = {}

@@ -79,6 +79,7 @@ class FreeAdversarialTraining(Trainer):
             with torch.no_grad():
                 moved = (delta + step * delta.grad.sign()).clamp(-p.eps, p.eps)
                 self.delta[:len(y)] = (x + moved).clamp(0, 1) - x
-            first = first or out
+            if first is None:
+                first = out
         assert first is not None
         return first  # the first replay's accuracy: the model before this minibatch's updates
