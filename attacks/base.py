@@ -31,10 +31,13 @@ class AttackCheckError(AssertionError):
 
 @dataclass
 class PassCounter:
-    """Forward and backward passes spent, counted in images (a batch of 250 is 250 passes)."""
+    """Forward and backward passes spent, counted in images (a batch of 250 is 250 passes), and,
+    from iterative attacks that record it, the iteration of each example's first fooling iterate
+    (``success_step``; the base class keeps it only where the attack succeeded)."""
 
     forward: int = 0
     backward: int = 0
+    success_step: torch.Tensor | None = None
 
     def add(self, images: int, backward: bool) -> None:
         self.forward += images
@@ -53,6 +56,10 @@ class AttackResult:
     linf: torch.Tensor         # float: ||x_adv - x||_inf per example
     forward_passes: int
     backward_passes: int
+    #: Iterative attacks with one restart: per example, the number of steps after which it was
+    #: first fooled (0: the start point), -1 where not fooled; None when the attack does not record it.
+    #: Accuracy after k steps of the same run is the fraction with no success at step <= k.
+    success_step: torch.Tensor | None = None
 
 
 def canonical_hash(payload: Any) -> str:
@@ -185,9 +192,10 @@ class Attack(ABC):
         l2, linf = delta.norm(dim=1), delta.abs().amax(dim=1)
         self._check_ball(l2, linf)
         success = pred == target if target is not None else pred != y
+        step = None if counter.success_step is None else torch.where(success, counter.success_step, -1)
         return AttackResult(x_adv=x_adv, success=success, pred=pred, l2=l2, linf=linf,
-                            forward_passes=counter.forward,
-                            backward_passes=counter.backward)
+                            forward_passes=counter.forward, backward_passes=counter.backward,
+                            success_step=step)
 
     def _check_output(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
         if x_adv.shape != x.shape or x_adv.dtype != x.dtype:

@@ -70,11 +70,14 @@ def gradient_ascent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, hooks
                     loss: str = "ce", generator: torch.Generator | None = None,
                     counter: PassCounter | None = None, start: torch.Tensor | None = None,
                     target: torch.Tensor | None = None, stop_at_success: bool = False,
-                    compact: bool = True) -> torch.Tensor:
+                    compact: bool = True, first_fooled: torch.Tensor | None = None) -> torch.Tensor:
     """The shared loop. ``momentum`` > 0 gives MIM; ``steps=1, step_size=eps`` gives FGSM.
 
     ``start`` is an explicit initial perturbation (else drawn from ``generator`` when
-    ``random_start``). ``stop_at_success`` freezes each example at its first fooling iterate.
+    ``random_start``). ``stop_at_success`` freezes each example at its first fooling iterate and,
+    when ``first_fooled`` (int64, one per example, -1 filled) is given, writes that iterate's
+    index t into it (x_t is the point after t steps; the last iterate x_steps is left to the
+    caller, which checks it anyway).
     Does not change the model's mode (trainers call it in train mode, attacks in eval mode)."""
     if start is None and random_start:
         if generator is None:
@@ -84,12 +87,15 @@ def gradient_ascent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, hooks
     goal = target if target is not None else y
     batch = _Batch(x.shape[0], x.device)
     velocity = torch.zeros_like(x) if momentum else None
-    for _ in range(steps):
+    for step in range(steps):
         current = batch.take(x_adv)
         logits, grad = input_gradient(model, current, batch.take(goal), loss, counter,
                                       targeted=target is not None)
         if stop_at_success:
-            batch.freeze(is_fooled(logits, batch.take(y), None if target is None else batch.take(target)))
+            fooled = is_fooled(logits, batch.take(y), None if target is None else batch.take(target))
+            if first_fooled is not None:
+                batch.record_step(first_fooled, fooled, step)
+            batch.freeze(fooled)
             if batch.done:
                 break
         if velocity is not None:
@@ -126,6 +132,12 @@ class _Batch:
                 tensor.copy_(values)
         else:
             tensor[self.rows] = values
+
+    def record_step(self, first_fooled: torch.Tensor, fooled: torch.Tensor, step: int) -> None:
+        """Write ``step`` into ``first_fooled`` (full-batch rows) for rows fooled for the first time."""
+        newly = fooled & self.live
+        rows = torch.nonzero(newly).squeeze(1) if self.rows is None else self.rows[newly]
+        first_fooled[rows] = step
 
     def freeze(self, fooled: torch.Tensor) -> None:
         self.live &= ~fooled
@@ -192,6 +204,9 @@ class GradientAttack(Attack):
                 target: torch.Tensor | None = None) -> torch.Tensor:
         x_adv = x.clone()
         todo = torch.arange(x.shape[0], device=x.device)
+        # The iteration of the first fooling iterate is the same as in a shorter run only with one
+        # restart (later restarts start from points the earlier ones did not fool).
+        first_fooled = torch.full_like(y, -1) if self.restarts == 1 else None
         for restart in range(self.restarts):
             start = self.hooks.random_start(x, self.eps, generator) if self.random_start else None
             if restart and todo.numel():
@@ -206,7 +221,9 @@ class GradientAttack(Attack):
                 step_size=self.step_size, random_start=self.random_start, momentum=self.momentum,
                 loss=self.loss, counter=counter, start=None if start is None else start[todo],
                 target=None if target is None else target[todo], stop_at_success=True,
-                compact=self.compact)
+                compact=self.compact, first_fooled=first_fooled)
+        if first_fooled is not None:  # not frozen inside the loop: fooled, if at all, by x_steps
+            counter.success_step = torch.where(first_fooled < 0, self.steps, first_fooled)
         return x_adv
 
 

@@ -75,7 +75,7 @@ def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     """Attack ``x`` in batches of ``batch_size`` with one generator for the whole set (a
     ``whole_set`` attack gets every image in one call and batches internally)."""
     generator = attack.make_generator(x.device)
-    parts: dict[str, list[torch.Tensor]] = {"success": [], "pred": [], "l2": [], "linf": []}
+    parts: dict[str, list[torch.Tensor]] = {"success": [], "pred": [], "l2": [], "linf": [], "success_step": []}
     forward = backward = 0
     chunk = x.shape[0] if attack.whole_set else batch_size
     start = time.perf_counter()
@@ -83,12 +83,14 @@ def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tenso
                       disable=None if progress else True):
         result = attack(model, x[begin:begin + chunk], y[begin:begin + chunk], generator)
         for name in parts:
-            parts[name].append(getattr(result, name).detach().cpu())
+            value = getattr(result, name)
+            if value is not None:
+                parts[name].append(value.detach().cpu())
         forward += result.forward_passes
         backward += result.backward_passes
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "forward": forward, "backward": backward,
-            **{name: torch.cat(values) for name, values in parts.items()}}
+            **{name: torch.cat(values) if values else None for name, values in parts.items()}}
 
 
 def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
@@ -101,14 +103,17 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     start = time.perf_counter()
     clean_pred = _predict(model, x, protocol.batch_size).cpu()
     clean_correct = clean_pred == y.cpu()
-    attacks = {spec.id: build_attack(spec, sources) for spec in protocol.attacks}
+    x_l2 = x.flatten(1).norm(dim=1).cpu()
+    specs = protocol.expanded_attacks()
+    attacks = {spec.id: build_attack(spec, sources) for spec, _ in specs}
     rows = []
-    for spec in protocol.attacks:
+    for spec, grid_of in specs:
         attack = attacks[spec.id]
         outcome = run_attack(attack, model, x, y, protocol.batch_size, progress,
                               f"{label} {spec.id}".strip())
-        rows.append(_attack_row(spec, attack, outcome, clean_correct, y.cpu(), indices, sources))
-    rows.extend(worst_case_rows(rows, clean_pred, y.cpu(), indices))
+        rows.append({**_attack_row(spec, attack, outcome, clean_correct, y.cpu(), indices, x_l2, sources),
+                     "grid_of": grid_of})
+    rows.extend(worst_case_rows([r for r in rows if r["grid_of"] is None], clean_pred, y.cpu(), indices))
     subset = subset_hash(indices)
     evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,
                   "protocol_hash": protocol.content_hash(), "subset_hash": subset,
@@ -118,17 +123,21 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
 
 
 def _attack_row(spec: AttackSpec, attack: Attack, outcome: dict[str, Any], clean_correct: torch.Tensor,
-                y: torch.Tensor, indices: np.ndarray, sources: dict[str, SourceModel]) -> dict[str, Any]:
+                y: torch.Tensor, indices: np.ndarray, x_l2: torch.Tensor,
+                sources: dict[str, SourceModel]) -> dict[str, Any]:
     adv_correct = outcome["pred"] == y
     success = outcome["success"]
     on_correct = success[clean_correct]
     fooled_l2 = outcome["l2"][success & clean_correct].tolist()
+    steps = (outcome["success_step"].tolist() if outcome["success_step"] is not None
+             else [-1] * len(indices))
     examples = [{"example_index": int(i), "label": int(lab), "clean_correct": bool(c), "adv_correct": bool(a),
-                 "success": bool(s), "l2": float(l2), "linf": float(li), "pred": int(p)}
-                for i, lab, c, a, s, l2, li, p in zip(indices, y.tolist(), clean_correct.tolist(),
-                                                      adv_correct.tolist(), success.tolist(),
-                                                      outcome["l2"].tolist(), outcome["linf"].tolist(),
-                                                      outcome["pred"].tolist())]
+                 "success": bool(s), "l2": float(l2), "linf": float(li), "pred": int(p),
+                 "success_step": int(t) if t >= 0 else None, "x_l2": float(n)}
+                for i, lab, c, a, s, l2, li, p, t, n in zip(indices, y.tolist(), clean_correct.tolist(),
+                                                            adv_correct.tolist(), success.tolist(),
+                                                            outcome["l2"].tolist(), outcome["linf"].tolist(),
+                                                            outcome["pred"].tolist(), steps, x_l2.tolist())]
     source = sources.get(spec.source) if spec.source else None
     return {"attack_id": spec.id, "attack": spec.attack, "attack_key": attack.key(), "config": attack.config(),
             "threat": spec.threat, "norm": attack.norm.value if attack.norm else None, "eps": attack.eps,
@@ -170,7 +179,8 @@ def worst_case_rows(rows: list[dict[str, Any]], clean_pred: torch.Tensor, y: tor
             examples.append({"example_index": int(index), "label": int(label), "clean_correct": bool(correct),
                              "adv_correct": not broken, "success": first is not None,
                              "l2": first["l2"] if first else 0.0, "linf": first["linf"] if first else 0.0,
-                             "pred": first["pred"] if first else int(clean)})
+                             "pred": first["pred"] if first else int(clean), "success_step": None,
+                             "x_l2": members[0][0]["examples"][i]["x_l2"] if members else None})
         ids = [row["attack_id"] for row, _ in members]
         fooled_l2 = [e["l2"] for e in examples if e["success"] and e["clean_correct"]]
         n_correct = sum(e["clean_correct"] for e in examples)
@@ -184,5 +194,6 @@ def worst_case_rows(rows: list[dict[str, Any]], clean_pred: torch.Tensor, y: tor
                                      if n_correct else 0.0),
                     "mean_l2": statistics.fmean(fooled_l2) if fooled_l2 else None,
                     "median_l2": statistics.median(fooled_l2) if fooled_l2 else None,
-                    "forward_passes": 0, "backward_passes": 0, "seconds": 0.0, "examples": examples})
+                    "forward_passes": 0, "backward_passes": 0, "seconds": 0.0, "grid_of": None,
+                    "examples": examples})
     return out

@@ -86,7 +86,7 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     folder = ctx.workdir / "checkpoints" / f"{job.label}-{key[:12]}"
     run_id = ctx.store.start_run(key, label=job.label, role=job.role, defense=job.defense,
                                  hparams=job.hparams, arch=job.arch, arch_params=job.arch_params,
-                                 dataset_id=dataset_id, seed=job.seed,
+                                 dataset_id=dataset_id, seed=job.seed, entry=job.entry, sweep=job.sweep,
                                  environment=environment_record(ctx.device))
     trainer = build_trainer(job.defense, job.hparams)
     model = build_untrained(job, dataset).to(ctx.device)
@@ -140,7 +140,7 @@ def ensure_evaluated(model: nn.Module, checkpoint: Checkpoint, checkpoint_id: in
                      label: str) -> bool:
     """Evaluate unless the evaluation's content key is stored; True when it ran."""
     indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
-    attacks = {spec.id: build_attack(spec, sources) for spec in protocol.attacks}
+    attacks = {spec.id: build_attack(spec, sources) for spec, _ in protocol.expanded_attacks()}
     key = evaluation_key(checkpoint.sha256, protocol, subset_hash(indices), attacks)
     if ctx.store.has_evaluation(key):
         log.info("%s: evaluated already under %s v%d, skipping", label, protocol.name, protocol.version)
@@ -185,3 +185,10 @@ def run_suite(suite: Suite, protocol: Protocol, ctx: Context) -> None:
         model, checkpoint = _load(trained, ctx.device)
         ensure_evaluated(model, checkpoint, trained.checkpoint_id, dataset, protocol, sources, ctx,
                          trained.job.label)
+        if suite.evaluate_every_epoch:
+            for row in ctx.store.epoch_checkpoints(trained.checkpoint_id):
+                epoch_model, epoch_checkpoint = load_checkpoint(row.path, ctx.device)
+                if epoch_checkpoint.sha256 != row.sha256:
+                    raise CheckpointError(f"{row.path}: sha256 changed since it was stored")
+                ensure_evaluated(epoch_model, epoch_checkpoint, row.id, dataset, protocol, sources, ctx,
+                                 f"{trained.job.label} epoch {row.epoch}")

@@ -31,12 +31,20 @@ class AttackSpec(_Strict):
     params: dict[str, Any] = Field(default_factory=dict)
     #: Transfer attacks only: the suite surrogate role whose model crafts the adversarials.
     source: str | None = None
+    #: Further eps values at which a bounded attack also runs (accuracy-vs-eps curves); each is
+    #: stored as its own attack row ``ID@EPS`` marked as this attack's grid.
+    eps_grid: list[float] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check(self) -> "AttackSpec":
         from attacks import ATTACKS
 
         ATTACKS.get(self.attack)
+        if self.eps_grid and (self.attack == "transfer" or "eps" not in self.params):
+            raise ValueError(f"eps_grid needs a white-box attack with an 'eps' parameter; {self.id!r} is "
+                             f"{self.attack!r} with params {sorted(self.params)}")
+        if any(e <= 0 for e in self.eps_grid) or len(set(self.eps_grid)) != len(self.eps_grid):
+            raise ValueError(f"eps_grid values must be positive and distinct, got {self.eps_grid}")
         if self.attack == "transfer":
             if not self.source:
                 raise ValueError("a transfer attack needs 'source' (a surrogate role of the suite)")
@@ -53,6 +61,12 @@ class AttackSpec(_Strict):
     @property
     def threat(self) -> str:
         return "black-box" if self.attack == "transfer" else "white-box"
+
+    def grid(self) -> list["AttackSpec"]:
+        """One spec per ``eps_grid`` value (ids ``ID@EPS``), without grids of their own."""
+        return [self.model_copy(update={"id": f"{self.id}@{eps:g}", "params": {**self.params, "eps": eps},
+                                        "eps_grid": []})
+                for eps in self.eps_grid]
 
 
 class EvalSubset(_Strict):
@@ -85,6 +99,14 @@ class Protocol(_Strict):
         if duplicates:
             raise ValueError(f"attack ids must be unique, repeated: {duplicates}")
         return attacks
+
+    def expanded_attacks(self) -> list[tuple[AttackSpec, str | None]]:
+        """Every attack the evaluator runs: (spec, the id whose eps grid it belongs to or None)."""
+        out: list[tuple[AttackSpec, str | None]] = []
+        for spec in self.attacks:
+            out.append((spec, None))
+            out.extend((point, spec.id) for point in spec.grid())
+        return out
 
     def content_hash(self) -> str:
         return canonical_hash(self.model_dump())
@@ -119,11 +141,34 @@ class TrainSpec(_Strict):
     def _check(self) -> "TrainSpec":
         from defenses import DEFENSES, build_trainer
 
-        build_trainer(self.defense, self.hparams)
+        for hparams in self.sweep_points():
+            build_trainer(self.defense, hparams)
         if DEFENSES.get(self.defense).factory.fine_tunes and not self.init_from:
             raise ValueError(f"defense {self.defense!r} fine-tunes a trained model: set 'init_from' "
                              f"to the label of the entry it starts from")
         return self
+
+
+    @property
+    def knob(self) -> str | None:
+        """The defense's strength knob (registry metadata), e.g. "eps" or "beta"."""
+        from defenses import DEFENSES
+
+        return DEFENSES.get(self.defense).metadata.get("strength")
+
+    @property
+    def swept(self) -> bool:
+        return self.knob is not None and isinstance(self.hparams.get(self.knob), list)
+
+    def sweep_points(self) -> list[dict[str, Any]]:
+        """The hyper-parameters of each training job: one per value when the strength knob is
+        given as a list (a sweep for robustness curves and accuracy matching), else one."""
+        if not self.swept:
+            return [self.hparams]
+        values = self.hparams[self.knob]
+        if not values or len(set(map(str, values))) != len(values):
+            raise ValueError(f"{self.defense}: a swept {self.knob!r} needs distinct values, got {values}")
+        return [{**self.hparams, self.knob: value} for value in values]
 
 
 class SurrogateSpec(TrainSpec):
@@ -141,6 +186,9 @@ class Suite(_Strict):
     training: dict[str, Any] = Field(default_factory=dict)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     save_every_epoch: bool = False
+    #: Also evaluate every saved epoch checkpoint (points for benign-accuracy matching); needs
+    #: ``save_every_epoch``.
+    evaluate_every_epoch: bool = False
     defenses: list[TrainSpec] = Field(min_length=1)
     surrogates: dict[str, SurrogateSpec] = Field(default_factory=dict)
 
@@ -157,6 +205,12 @@ class Suite(_Strict):
             raise ValueError(f"unknown training setting(s) {unknown}; accepted: {sorted(allowed)}")
         CommonHParams(**training).validate()
         return training
+
+    @model_validator(mode="after")
+    def _epoch_evaluation_needs_epoch_checkpoints(self) -> "Suite":
+        if self.evaluate_every_epoch and not self.save_every_epoch:
+            raise ValueError("evaluate_every_epoch needs save_every_epoch: true")
+        return self
 
     @model_validator(mode="after")
     def _unique_labels(self) -> "Suite":

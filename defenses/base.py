@@ -225,7 +225,8 @@ class Trainer(ABC):
 
     def end_epoch(self, model: nn.Module, ctx: EpochContext) -> dict[str, Any]:
         """Per-epoch statistics stored with the epoch; ``{"collapsed": True}`` stops training and
-        restores the previous epoch's weights (the catastrophic-overfitting early stop)."""
+        restores the last kept weights (the catastrophic-overfitting early stop): those of the
+        previous epoch, or of the last epoch that did not return ``{"keep_weights": False}``."""
         return {}
 
     # -- the loop ---------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ class Trainer(ABC):
         optimizer = self.make_optimizer(model)
         records: list[EpochRecord] = []
         snapshot: list[dict[str, torch.Tensor]] | None = None
-        kept_epoch = None
+        snapshot_epoch = kept_epoch = None
         batches_per_epoch = math.ceil(x_train.shape[0] / self.common.batch_size)
         for epoch in range(1, self.common.epochs + 1):
             ctx = BatchContext(epoch, generator, PassCounter())
@@ -276,7 +277,7 @@ class Trainer(ABC):
                 raise TrainingDivergedError(f"{self.name}: epoch {epoch} mean loss is {record.loss}")
             collapsed = bool(extra.get("collapsed")) and snapshot is not None
             if collapsed:
-                kept_epoch = epoch - 1
+                kept_epoch = snapshot_epoch
                 record.extra = {**extra, "restored_epoch": kept_epoch}
             records.append(record)
             for callback in callbacks:
@@ -284,8 +285,8 @@ class Trainer(ABC):
             if collapsed:
                 self._restore(model, snapshot)
                 break
-            if self.detects_collapse:
-                snapshot = self._snapshot(model)
+            if self.detects_collapse and extra.get("keep_weights", True):
+                snapshot, snapshot_epoch = self._snapshot(model), epoch
         optimizer.zero_grad(set_to_none=True)
         model.eval()
         for module in self.aux.values():

@@ -9,6 +9,11 @@ from results.schema import AttackRow, CheckpointRow, EpochRow, Evaluation, Train
 from results.store import Store
 
 
+#: Attacks whose rows feed curves and the report's tables, not a leaderboard column (the FGS
+#: line's median is an Linf size; the report shows its eps_ref table).
+CURVE_ONLY_ATTACKS = ("fgs-line",)
+
+
 def latest_evaluations(store: Store, protocol: str) -> pd.DataFrame:
     """One row per final defense checkpoint: its newest evaluation under the protocol's newest version."""
     query = (select(Evaluation.id.label("evaluation_id"), Evaluation.protocol_version,
@@ -37,7 +42,8 @@ def leaderboard(store: Store, protocol: str) -> pd.DataFrame:
         attacks = pd.read_sql(select(AttackRow.evaluation_id, AttackRow.id, AttackRow.attack_id,
                                      AttackRow.threat, AttackRow.eps, AttackRow.robust_accuracy,
                                      AttackRow.median_l2)
-                              .where(AttackRow.evaluation_id.in_(ids)), conn)
+                              .where(AttackRow.evaluation_id.in_(ids), AttackRow.grid_of.is_(None),
+                                     AttackRow.attack.notin_(CURVE_ONLY_ATTACKS)), conn)
         timing = pd.read_sql(select(EpochRow.run_id, func.avg(EpochRow.seconds).label("sec_per_epoch"))
                              .where(EpochRow.run_id.in_([int(r) for r in evaluations.run_id]))
                              .group_by(EpochRow.run_id), conn)

@@ -46,6 +46,9 @@ class TrainingRun(Base):
     finished_at: Mapped[Optional[datetime]] = mapped_column(DateTime)
     total_seconds: Mapped[Optional[float]]
     environment: Mapped[dict[str, Any]]
+    #: The suite entry (label without seed or sweep suffix) and the swept knob values; 0003.
+    entry: Mapped[Optional[str]] = mapped_column(String(128))
+    sweep: Mapped[Optional[dict[str, Any]]]
     epochs: Mapped[list["EpochRow"]] = relationship(back_populates="run", cascade="all, delete-orphan",
                                                     order_by="EpochRow.epoch")
 
@@ -129,6 +132,8 @@ class AttackRow(Base):
     forward_passes: Mapped[int]
     backward_passes: Mapped[int]
     seconds: Mapped[float]
+    #: The protocol attack id whose eps grid this row belongs to (None: a protocol attack); 0003.
+    grid_of: Mapped[Optional[str]] = mapped_column(String(64))
     evaluation: Mapped[Evaluation] = relationship(back_populates="attacks")
 
 
@@ -148,3 +153,8 @@ class ExampleRow(Base):
     l2: Mapped[float] = mapped_column(Float)
     linf: Mapped[float] = mapped_column(Float)
     pred: Mapped[int] = mapped_column(Integer)
+    #: Iterative attacks (one restart): the iteration of the first fooling iterate (0: the
+    #: start point), None when not fooled or not recorded; 0003.
+    success_step: Mapped[Optional[int]] = mapped_column(Integer)
+    #: ||x||_2 of the clean image (rho_2 = l2 / x_l2, seed 002 eq. 7); 0003.
+    x_l2: Mapped[Optional[float]] = mapped_column(Float)

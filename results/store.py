@@ -131,6 +131,13 @@ class Store:
             return session.scalar(select(CheckpointRow).where(CheckpointRow.run_id == run_id,
                                                               CheckpointRow.final.is_(True)))
 
+    def epoch_checkpoints(self, checkpoint_id: int) -> list[CheckpointRow]:
+        """The non-final (per-epoch) checkpoints of the run that produced ``checkpoint_id``."""
+        with self.session() as session:
+            run_id = session.get_one(CheckpointRow, checkpoint_id).run_id
+            return list(session.scalars(select(CheckpointRow).where(
+                CheckpointRow.run_id == run_id, CheckpointRow.final.is_(False)).order_by(CheckpointRow.epoch)))
+
     def checkpoint_by_sha(self, sha256: str) -> CheckpointRow | None:
         with self.session() as session:
             return session.scalar(select(CheckpointRow).where(CheckpointRow.sha256 == sha256))

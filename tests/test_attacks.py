@@ -22,7 +22,8 @@ BOUNDED = [("fgsm", {"norm": "linf", "eps": 0.1}), ("fgsm", {"norm": "l2", "eps"
 MINIMUM_NORM = [("deepfool", {"norm": "l2"}), ("deepfool", {"norm": "linf", "candidates": 3}),
                 ("deepfool", {"box_mask": True, "damping": 0.5, "damped_steps": 2}),
                 ("cw", {"steps": 50, "search_steps": 4, "initial_const": 1.0}), ("ta-deepfool", {"steps": 10}),
-                ("ta-cw", {"steps": 20, "c": 10.0, "lr": 0.05})]
+                ("ta-cw", {"steps": 20, "c": 10.0, "lr": 0.05}),
+                ("fgs-line", {"max_eps": 0.5, "grid_step": 0.05, "refine": 3})]
 
 
 #: Attacks that run their full budget on every point get fewer points (seconds, not minutes).
@@ -142,3 +143,34 @@ def test_bad_inputs(trained_mlp, x, y, message):
 def test_bad_parameters(params, message):
     with pytest.raises(ConfigError, match=message):
         ATTACKS.create("pgd", **params)
+
+
+@pytest.mark.parametrize("params", [{"norm": "linf", "eps": 0.15, "step_size": 0.02},
+                                    {"norm": "l2", "eps": 1.0, "step_size": 0.15}])
+def test_success_step_gives_the_accuracy_of_every_shorter_run(trained_mlp, digits, params):
+    """One 12-step run's per-example first-fooling iteration equals what 1-, 3- and 6-step runs
+    (same seed, same step size) find: accuracy vs iterations needs no re-run."""
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    long = ATTACKS.create("pgd", steps=12, **params)(trained_mlp, x, y)
+    assert long.success_step is not None
+    assert torch.equal(long.success_step >= 0, long.success)
+    for steps in (1, 3, 6):
+        short = ATTACKS.create("pgd", steps=steps, **params)(trained_mlp, x, y)
+        assert torch.equal(short.success, long.success & (long.success_step <= steps))
+    assert ATTACKS.create("pgd", steps=3, restarts=2, **params)(trained_mlp, x, y).success_step is None
+
+
+def test_fgs_line_matches_fgsm_at_its_grid_points(trained_mlp, digits):
+    """The FGS line's smallest fooling eps: FGSM at a grid eps fools exactly the points whose line
+    crossing is at most that eps (where FGSM's outcome is monotone along the line, as here), and
+    every reported crossing really fools."""
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    line = ATTACKS.create("fgs-line", max_eps=0.3, grid_step=0.05, refine=4)(trained_mlp, x, y)
+    fooled_by_line = {}
+    for eps in (0.05, 0.1, 0.2):
+        fgsm = ATTACKS.create("fgsm", eps=eps)(trained_mlp, x, y)
+        fooled_by_line[eps] = line.success & (line.linf <= eps + 1e-6)
+        assert (fooled_by_line[eps] != fgsm.success).sum() <= 2  # non-monotone points only
+    assert fooled_by_line[0.05].sum() < fooled_by_line[0.2].sum()
+    refined = line.success & (line.linf > 0)
+    assert bool(((line.linf[refined] * 1000) % 50 != 0).any())  # bisection moved off the grid

@@ -185,6 +185,28 @@ def test_fast_at_early_stop_restores_the_last_good_epoch(digits, monkeypatch):
     assert all(torch.equal(v, saved[2][k]) for k, v in result.model.state_dict().items())
 
 
+def test_fast_at_best_reference_catches_a_gradual_collapse(digits, monkeypatch):
+    """Drops of 0.15 per epoch never trip the reference rule; measured from the best probe (epoch
+    2) the third drop does, and epoch 2's weights come back."""
+    import defenses.fast_at as fast_at
+
+    sequence = [0.6, 0.7, 0.55, 0.4, 0.3]
+    for reference, stopped_at, kept in (("previous", 5, None), ("best", 4, 2)):
+        probes = iter(sequence)
+        monkeypatch.setattr(fast_at, "pgd_check", lambda *args, **kwargs: next(probes))
+        saved = {}
+
+        def remember(epoch, model, record):
+            saved[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+        trainer = build_trainer("fast-at", {"epochs": 5, "batch_size": 256, "eps": 0.1,
+                                            "collapse_reference": reference})
+        result = trainer.fit(tiny(digits), digits, 0, [remember], progress=False)
+        assert result.epochs[-1].epoch == stopped_at and result.kept_epoch == kept
+        if kept is not None:
+            assert all(torch.equal(v, saved[kept][k]) for k, v in result.model.state_dict().items())
+
+
 def test_fast_at_steps_from_a_random_start_with_alpha(digits):
     trainer = build_trainer("fast-at", {"eps": 0.1})
     assert trainer.alpha == pytest.approx(0.125)
