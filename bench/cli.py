@@ -1,4 +1,4 @@
-"""``advarena``: run a benchmark suite, train, evaluate a checkpoint, print the leaderboard."""
+"""``advarena``: run a benchmark suite, train, evaluate a checkpoint, print the leaderboard, write the report."""
 
 from __future__ import annotations
 
@@ -73,6 +73,25 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--format", default="table", choices=["table", "csv", "json"],
                        help="output format (default: %(default)s)")
     _add_common(board)
+
+    report = sub.add_parser("report", help="write the static leaderboard site (HTML, Markdown, CSV/JSON, curves)",
+                            description="Build the report from the store only: the leaderboard at matched "
+                                        "benign accuracy, per-defense tables, seed metrics, the transfer matrix "
+                                        "and the curves, as index.html, report.md, tables/*.csv|json and "
+                                        "figures/*.png|svg.")
+    report.add_argument("--protocol", default="quick", help="protocol name (default: %(default)s)")
+    report.add_argument("--out", type=Path, default=None, help="output folder (default: WORKDIR/report)")
+    report.add_argument("--target-accuracy", type=float, default=None, metavar="PERCENT",
+                        help="benign accuracy to match at, in %% (default: the standard model's, per "
+                             "architecture)")
+    report.add_argument("--match-attack", default=None, metavar="ATTACK_ID",
+                        help="attack whose robust accuracy is matched (default: the Linf worst case)")
+    report.add_argument("--tolerance", type=float, default=0.5, metavar="POINTS",
+                        help="nearest-checkpoint tolerance in accuracy points (default: %(default)s)")
+    report.add_argument("--eps-ref", action="append", default=[], metavar="ARCH=LABEL",
+                        help="reference model of the FGS eps_ref per architecture (repeatable; default: "
+                             "its Deep Defense entry, else its standard model)")
+    _add_common(report)
 
     perf = sub.add_parser("perf", help="time our attacks against torchattacks and pyautoattack; write JSON",
                           description="Run our attacks and the torchattacks / pyautoattack equivalents on the "
@@ -206,6 +225,30 @@ def cmd_leaderboard(args: argparse.Namespace) -> None:
     _print_leaderboard(_context(args), args.protocol, args.format)
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from results.report import write_report
+    from results.tables import MatchingOptions
+
+    if args.target_accuracy is not None and not 0 < args.target_accuracy <= 100:
+        raise ConfigError(f"--target-accuracy is a percentage in (0, 100], got {args.target_accuracy}")
+    if args.tolerance < 0:
+        raise ConfigError(f"--tolerance must be >= 0 accuracy points, got {args.tolerance}")
+    references = {}
+    for item in args.eps_ref:
+        arch, sep, label = item.partition("=")
+        if not sep or not arch or not label:
+            raise ConfigError(f"--eps-ref expects ARCH=LABEL, got {item!r}")
+        references[arch] = label
+    ctx = _context(args)
+    options = MatchingOptions(target=None if args.target_accuracy is None else args.target_accuracy / 100,
+                              attack=args.match_attack, tolerance=args.tolerance / 100)
+    try:
+        index = write_report(ctx.store, args.protocol, args.out or ctx.workdir / "report", options, references)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    print(index)
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from bench.suite import shipped_names
 
@@ -235,7 +278,7 @@ def _registry(kind: str):
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard,
-            "list": cmd_list, "perf": cmd_perf}
+            "report": cmd_report, "list": cmd_list, "perf": cmd_perf}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
