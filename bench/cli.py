@@ -93,6 +93,25 @@ def build_parser() -> argparse.ArgumentParser:
                              "its Deep Defense entry, else its standard model)")
     _add_common(report)
 
+    audit = sub.add_parser("audit", help="re-derive stored results from checkpoints; gradient-masking checks",
+                           description="Re-hash each checkpoint, reload it, re-run benign accuracy and the "
+                                       "chosen stored attacks with the stored seeds and eval subset, diff the "
+                                       "environment, run the gradient-masking checks, and store an audit row. "
+                                       "Exit status 3 when anything differs.")
+    audit.add_argument("target", nargs="?", default=None,
+                       help="a checkpoint folder or a run label (omit with --all)")
+    audit.add_argument("--all", action="store_true", help="every stored checkpoint that has an evaluation")
+    from bench.audit.reproduce import DEFAULT_ATTACKS
+
+    audit.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
+                       help="comma-separated wildcards over protocol attack ids to re-run (default: %(default)s)")
+    audit.add_argument("--protocol", default=None, help="audit the evaluation under this protocol (default: newest)")
+    audit.add_argument("--masking-tolerance", type=float, default=2.0, metavar="POINTS",
+                       help="tolerance of the gradient-masking checks (default: %(default)s)")
+    audit.add_argument("--retrain", action="store_true",
+                       help="also train each run again from its stored configuration and compare")
+    _add_common(audit)
+
     perf = sub.add_parser("perf", help="time our attacks against torchattacks and pyautoattack; write JSON",
                           description="Run our attacks and the torchattacks / pyautoattack equivalents on the "
                                       "same standard-trained model, images and parameters in one process, with "
@@ -249,6 +268,53 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(index)
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    from sqlalchemy import select
+
+    from bench.audit import DIFFERS, audit_checkpoint, retrain_checkpoint
+    from bench.environment import environment_record
+    from results.schema import CheckpointRow, Evaluation, TrainingRun
+
+    if bool(args.all) == bool(args.target):
+        raise ConfigError("give a checkpoint folder or run label, or --all (not both)")
+    ctx = _context(args)
+    with ctx.store.session() as session:
+        query = (select(CheckpointRow, TrainingRun).outerjoin(TrainingRun, CheckpointRow.run_id == TrainingRun.id)
+                 .where(CheckpointRow.id.in_(select(Evaluation.checkpoint_id))).order_by(CheckpointRow.id))
+        if args.target:
+            folder = Path(args.target)
+            if folder.is_dir():
+                query = query.where(CheckpointRow.path == str(folder.resolve()))
+            else:
+                query = query.where(TrainingRun.label == args.target, CheckpointRow.final.is_(True))
+        targets = session.execute(query).all()
+    if not targets:
+        raise ConfigError(f"no evaluated checkpoint matches {args.target or '--all'!r} in {ctx.store.url}")
+    patterns = tuple(p.strip() for p in args.attacks.split(",") if p.strip())
+    environment = environment_record(ctx.device)
+    differs = False
+    for row, run in targets:
+        label = f"{run.label if run else row.meta.get('label', row.path)}" + ("" if row.final else f" epoch {row.epoch}")
+        reports = [audit_checkpoint(ctx.store, row, label, ctx.device, patterns, args.data_root, args.protocol,
+                                    args.masking_tolerance)]
+        if args.retrain and run is not None:
+            reports.append(retrain_checkpoint(ctx.store, row, run, ctx.device, args.data_root))
+        for kind, report in zip(("reproduce", "retrain"), reports):
+            ctx.store.add_audit(**{**report.as_row(environment), "kind": kind})
+            differs |= report.verdict == DIFFERS
+            raised = [f.check for f in report.flags if f.flagged]
+            print(f"{label}: {kind} {report.verdict}" + (f"; masking flags: {', '.join(raised)}" if raised else
+                                                          ("; no masking flags" if report.flags else "")))
+            for item in report.items:
+                print(f"  {item.verdict:13s} {item.name}: {item.detail}")
+            for flag in report.flags:
+                print(f"  {'FLAG' if flag.flagged else 'ok':13s} {flag.check}: {flag.evidence}")
+            if report.environment_diff:
+                changed = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in report.environment_diff.items())
+                print(f"  environment changed: {changed}")
+    return 3 if differs else 0
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from bench.suite import shipped_names
 
@@ -278,7 +344,7 @@ def _registry(kind: str):
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard,
-            "report": cmd_report, "list": cmd_list, "perf": cmd_perf}
+            "report": cmd_report, "audit": cmd_audit, "list": cmd_list, "perf": cmd_perf}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -287,14 +353,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(message)s", stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
-        COMMANDS[args.command](args)
+        status = COMMANDS[args.command](args)
     except AdvarenaError as err:
         print(f"advarena: error: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("advarena: interrupted; stored jobs are kept, re-run to continue", file=sys.stderr)
         return 130
-    return 0
+    return status if isinstance(status, int) else 0
 
 
 if __name__ == "__main__":

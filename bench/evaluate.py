@@ -61,7 +61,7 @@ def evaluation_key(checkpoint_sha: str, protocol: Protocol, subset: str,
                            "subset": subset, "attacks": {k: a.key() for k, a in attacks.items()}})
 
 
-def _predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -101,7 +101,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     x = dataset.x_test[indices].to(device)
     y = dataset.y_test[indices].to(device)
     start = time.perf_counter()
-    clean_pred = _predict(model, x, protocol.batch_size).cpu()
+    clean_pred = predict(model, x, protocol.batch_size).cpu()
     clean_correct = clean_pred == y.cpu()
     x_l2 = x.flatten(1).norm(dim=1).cpu()
     specs = protocol.expanded_attacks()
@@ -116,7 +116,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     rows.extend(worst_case_rows([r for r in rows if r["grid_of"] is None], clean_pred, y.cpu(), indices))
     subset = subset_hash(indices)
     evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,
-                  "protocol_hash": protocol.content_hash(), "subset_hash": subset,
+                  "protocol_hash": protocol.content_hash(), "protocol_spec": protocol.model_dump(mode="json"),
+                  "subset_hash": subset,
                   "n_examples": int(len(indices)), "benign_accuracy": float(clean_correct.float().mean()),
                   "seconds": time.perf_counter() - start}
     return evaluation, rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 from sqlalchemy import func, select
 
-from results.schema import AttackRow, CheckpointRow, EpochRow, Evaluation, TrainingRun
+from results.schema import AttackRow, AuditRow, CheckpointRow, EpochRow, Evaluation, TrainingRun
 from results.store import Store
 
 
@@ -18,7 +18,8 @@ def latest_evaluations(store: Store, protocol: str) -> pd.DataFrame:
     """One row per final defense checkpoint: its newest evaluation under the protocol's newest version."""
     query = (select(Evaluation.id.label("evaluation_id"), Evaluation.protocol_version,
                     Evaluation.benign_accuracy, Evaluation.created_at, TrainingRun.id.label("run_id"),
-                    TrainingRun.label, TrainingRun.defense, TrainingRun.seed, CheckpointRow.arch)
+                    TrainingRun.label, TrainingRun.defense, TrainingRun.seed, CheckpointRow.arch,
+                    CheckpointRow.id.label("checkpoint_id"))
              .join(CheckpointRow, Evaluation.checkpoint_id == CheckpointRow.id)
              .join(TrainingRun, CheckpointRow.run_id == TrainingRun.id)
              .where(Evaluation.protocol == protocol, CheckpointRow.final.is_(True),
@@ -56,11 +57,27 @@ def leaderboard(store: Store, protocol: str) -> pd.DataFrame:
     robust = attacks.pivot(index="evaluation_id", columns="attack_id", values="value")
     robust = robust[list(order.attack_id)].rename(columns=names)
     table = evaluations.merge(timing, on="run_id", how="left").set_index("evaluation_id")
-    table = table[["label", "defense", "arch", "seed", "benign_accuracy", "sec_per_epoch"]].join(robust)
+    badges = audit_badges(store)
+    table["audit"] = [badges.get(int(c), "-") for c in table.checkpoint_id]
+    table = table[["label", "defense", "arch", "seed", "benign_accuracy", "sec_per_epoch", "audit"]].join(robust)
     table["benign_accuracy"] *= 100
-    columns = ["label", "defense", "arch", "seed", "benign_accuracy", *names.values(), "sec_per_epoch"]
+    columns = ["label", "defense", "arch", "seed", "benign_accuracy", *names.values(), "sec_per_epoch", "audit"]
     return table[columns].rename(columns={"benign_accuracy": "benign", "sec_per_epoch": "sec/epoch"}
                                  ).reset_index(drop=True)
+
+
+def audit_badges(store: Store) -> dict[int, str]:
+    """Per checkpoint id, its newest reproducibility audit as a badge: the verdict, then the
+    gradient-masking flags it raised (``bench.audit.masking``), e.g. "reproduced" or
+    "reproduced [!ce-cw-disagree]"."""
+    with store.engine.connect() as conn:
+        audits = pd.read_sql(select(AuditRow.checkpoint_id, AuditRow.verdict, AuditRow.flags)
+                             .where(AuditRow.kind == "reproduce").order_by(AuditRow.id), conn)
+    badges = {}
+    for row in audits.itertuples():  # later rows overwrite earlier ones
+        raised = [f["check"] for f in (row.flags or []) if f.get("flagged")]
+        badges[int(row.checkpoint_id)] = row.verdict + (f" [!{' !'.join(raised)}]" if raised else "")
+    return badges
 
 
 def _column_name(row) -> str:

@@ -104,6 +104,8 @@ class Evaluation(Base):
     seconds: Mapped[float]
     created_at: Mapped[datetime] = mapped_column(DateTime)
     environment: Mapped[dict[str, Any]]
+    #: The protocol as evaluated (so audits can re-run it without the file); migration 0004.
+    protocol_spec: Mapped[Optional[dict[str, Any]]]
     attacks: Mapped[list["AttackRow"]] = relationship(back_populates="evaluation",
                                                       cascade="all, delete-orphan")
 
@@ -158,3 +160,19 @@ class ExampleRow(Base):
     success_step: Mapped[Optional[int]] = mapped_column(Integer)
     #: ||x||_2 of the clean image (rho_2 = l2 / x_l2, seed 002 eq. 7); 0003.
     x_l2: Mapped[Optional[float]] = mapped_column(Float)
+
+
+class AuditRow(Base):
+    """One audit of a checkpoint (``bench.audit``): per-item verdicts, masking flags, environment diff."""
+
+    __tablename__ = "audits"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    checkpoint_id: Mapped[Optional[int]] = mapped_column(ForeignKey("checkpoints.id"), index=True)
+    evaluation_id: Mapped[Optional[int]] = mapped_column(ForeignKey("evaluations.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))      # reproduce / retrain
+    verdict: Mapped[str] = mapped_column(String(16))   # reproduced / differs / cannot check
+    items: Mapped[list[Any]] = mapped_column(JSON)
+    flags: Mapped[list[Any]] = mapped_column(JSON)
+    environment_diff: Mapped[dict[str, Any]]
+    environment: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -14,7 +14,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.errors import AdvarenaError
-from results.schema import (AttackRow, CheckpointRow, DatasetRow, EpochRow, Evaluation, ExampleRow,
+from results.schema import (AttackRow, AuditRow, CheckpointRow, DatasetRow, EpochRow, Evaluation, ExampleRow,
                             TrainingRun)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -163,4 +163,36 @@ class Store:
                 session.flush()
                 session.execute(insert(ExampleRow),
                                 [{"attack_result_id": attack_row.id, **ex} for ex in attack["examples"]])
+            return row.id
+
+    def evaluation_rows(self, evaluation_id: int) -> list[dict[str, Any]]:
+        """The stored attack rows of an evaluation in the evaluator's own shape (AttackRow fields
+        plus ``examples``, ordered by example index)."""
+        with self.session() as session:
+            attacks = list(session.scalars(select(AttackRow).where(AttackRow.evaluation_id == evaluation_id)
+                                           .order_by(AttackRow.id)))
+            examples = session.execute(
+                select(ExampleRow).where(ExampleRow.attack_result_id.in_([a.id for a in attacks]))
+                .order_by(ExampleRow.attack_result_id, ExampleRow.example_index)).scalars().all()
+            by_attack: dict[int, list[dict[str, Any]]] = {}
+            for ex in examples:
+                by_attack.setdefault(ex.attack_result_id, []).append(
+                    {c: getattr(ex, c) for c in ("example_index", "label", "clean_correct", "adv_correct",
+                                                 "success", "l2", "linf", "pred", "success_step", "x_l2")})
+            columns = [c.name for c in AttackRow.__table__.columns]
+            return [{**{c: getattr(a, c) for c in columns}, "examples": by_attack.get(a.id, [])}
+                    for a in attacks]
+
+    def latest_evaluation(self, checkpoint_id: int, protocol: str | None = None) -> Evaluation | None:
+        with self.session() as session:
+            query = select(Evaluation).where(Evaluation.checkpoint_id == checkpoint_id)
+            if protocol is not None:
+                query = query.where(Evaluation.protocol == protocol)
+            return session.scalar(query.order_by(Evaluation.created_at.desc(), Evaluation.id.desc()))
+
+    def add_audit(self, **fields: Any) -> int:
+        with self.session() as session:
+            row = AuditRow(created_at=utcnow(), **fields)
+            session.add(row)
+            session.flush()
             return row.id

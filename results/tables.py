@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from results.frames import StoreFrames
-from results.leaderboard import CURVE_ONLY_ATTACKS
+from results.leaderboard import CURVE_ONLY_ATTACKS, audit_badges
 from results.matching import NOT_REACHABLE, Point, match
 from results.metrics import attack_metrics, fgs_accuracies, fgs_eps_ref, mean_and_std
 
@@ -68,17 +68,19 @@ def matched_attack_id(frames: StoreFrames, options: MatchingOptions) -> str | No
 
 def results_table(frames: StoreFrames) -> pd.DataFrame:
     """One row per trained configuration (label without seed suffix): benign accuracy and robust
-    accuracy under every protocol attack and worst case, mean and std over training seeds, with
-    the 95% Wilson interval of the first seed's robust accuracy."""
+    accuracy under every protocol attack and worst case, mean and std over training seeds, and
+    the newest audit's badge (verdict and gradient-masking flags) of each seed's checkpoint."""
     finals = final_checkpoints(frames)
     attacks = frames.attacks[frames.attacks.grid_of.isna() & ~frames.attacks.attack.isin(CURVE_ONLY_ATTACKS)]
+    badges = audit_badges(frames.store)
     rows = []
     for (entry, sweep_value, arch), group in finals.groupby(["entry", "sweep_value", "arch"], dropna=False,
                                                               sort=False):
         label = group.label.iloc[0].split("@seed")[0]
         benign, benign_std = mean_and_std(list(group.benign_accuracy))
         row = {"label": label, "entry": entry, "defense": group.defense.iloc[0], "arch": arch,
-               "seeds": len(group), "benign": _pct(benign), "benign std": _pct(benign_std)}
+               "seeds": len(group), "benign": _pct(benign), "benign std": _pct(benign_std),
+               "audit": "; ".join(badges.get(int(c), "not audited") for c in group.checkpoint_id)}
         for attack_id, per_attack in attacks[attacks.evaluation_id.isin(group.evaluation_id)].groupby(
                 "attack_id", sort=False):
             if per_attack.eps.isna().all():

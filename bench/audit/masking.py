@@ -1,0 +1,210 @@
+"""Gradient-masking checks (Chen & Lee, seed 001 sec. 2.4 and 4.3; Athalye et al. 2018; Carlini et
+al. 2019 sec. 5). Each check reads an evaluation's rows (the evaluator's shape: attack fields plus
+per-example ``examples``); two re-attack the model, which the caller supplies. A flag carries the
+numbers behind it. Tolerances are in accuracy points.
+
+1. ``noise-beats-gradient``: the random-noise baseline fools points that every gradient attack of
+   the same threat model missed.
+2. ``one-step-beats-iterative``: FGSM is more successful than PGD at the same norm and eps.
+3. ``eps-not-monotone``: accuracy rises with eps on the PGD eps grid, or does not fall at all.
+4. ``unbounded-not-total``: a minimum-norm attack, or PGD over the whole [0, 1] box, falls short of
+   ~100% success.
+5. ``black-box-beats-white-box``: the transfer attack beats the white-box attack it transfers.
+6. ``iterations-unconverged``: doubling PGD's iterations (half the run vs the whole run, from the
+   stored first-fooling iterations) changes the accuracy by more than the tolerance.
+7. ``ce-cw-disagree``: PGD with the CW margin loss leaves fewer points robust than the stored
+   CE-loss PGD, by more than the tolerance (saturated softmax hides CE gradients, not margins; a
+   weaker CW run does not put the stored number in doubt, so that direction is not flagged)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from attacks import ATTACKS
+
+#: Attacks that follow the model's gradient (noise, transfer and worst-case rows are not).
+GRADIENT_ATTACKS = ("fgsm", "pgd", "mim", "apgd-ce", "apgd-t", "autoattack", "ta-fgsm", "ta-pgd", "ta-mim",
+                    "ta-apgd", "ta-autoattack", "ta-pgdl2")
+MINIMUM_NORM = ("deepfool", "cw")
+#: Success below this (in %) counts as "not ~100%" for unbounded attacks.
+UNBOUNDED_SUCCESS = 99.0
+CHECKS = ("noise-beats-gradient", "one-step-beats-iterative", "eps-not-monotone", "unbounded-not-total",
+          "black-box-beats-white-box", "iterations-unconverged", "ce-cw-disagree")
+
+
+@dataclass(frozen=True)
+class Flag:
+    check: str
+    flagged: bool
+    evidence: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Reattack:
+    """What the re-attacking checks need: the model and the eval subset it was evaluated on."""
+
+    model: nn.Module
+    x: torch.Tensor
+    y: torch.Tensor
+    batch_size: int
+
+
+def _pct(count: int | float, n: int) -> float:
+    return 100.0 * count / n if n else 0.0
+
+
+def _threat(row: dict[str, Any]) -> tuple[str | None, float | None]:
+    return row["norm"], row["eps"]
+
+
+def _protocol_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("grid_of") is None and r["attack"] != "worst-case"]
+
+
+def noise_beats_gradient(rows: list[dict[str, Any]], tolerance: float) -> list[Flag]:
+    flags = []
+    for noise in (r for r in _protocol_rows(rows) if r["attack"] == "noise"):
+        gradient = [r for r in _protocol_rows(rows) if r["attack"] in GRADIENT_ATTACKS and _threat(r) == _threat(noise)]
+        if not gradient:
+            continue
+        n = len(noise["examples"])
+        only_noise = sum(1 for i, e in enumerate(noise["examples"])
+                         if e["clean_correct"] and e["success"] and not any(g["examples"][i]["success"] for g in gradient))
+        share = _pct(only_noise, n)
+        flags.append(Flag(CHECKS[0], share > tolerance,
+                          f"{noise['attack_id']} fools {only_noise} of {n} points ({share:.1f}%) that "
+                          f"{', '.join(g['attack_id'] for g in gradient)} all miss"))
+    return flags
+
+
+def one_step_beats_iterative(rows: list[dict[str, Any]], tolerance: float) -> list[Flag]:
+    flags = []
+    rows = _protocol_rows(rows)
+    for fgsm in (r for r in rows if r["attack"] == "fgsm"):
+        for pgd in (r for r in rows if r["attack"] in ("pgd", "mim") and _threat(r) == _threat(fgsm)):
+            gap = 100 * (pgd["robust_accuracy"] - fgsm["robust_accuracy"])
+            flags.append(Flag(CHECKS[1], gap > tolerance,
+                              f"{fgsm['attack_id']} {100 * fgsm['robust_accuracy']:.1f}% vs {pgd['attack_id']} "
+                              f"{100 * pgd['robust_accuracy']:.1f}%"))
+    return flags
+
+
+def eps_not_monotone(rows: list[dict[str, Any]], benign: float, tolerance: float) -> list[Flag]:
+    flags = []
+    for parent in sorted({r["grid_of"] for r in rows if r.get("grid_of")}):
+        curve = sorted(((r["eps"], 100 * r["robust_accuracy"]) for r in rows
+                        if r["attack_id"] == parent or r.get("grid_of") == parent), key=lambda p: p[0])
+        points = [(0.0, 100 * benign), *curve]
+        rises = [(a, b) for a, b in zip(points, points[1:]) if b[1] > a[1] + tolerance]
+        flat = points[-1][1] >= points[0][1] - tolerance
+        text = ", ".join(f"eps {e:g}: {v:.1f}%" for e, v in points)
+        flags.append(Flag(CHECKS[2], bool(rises) or flat,
+                          f"{parent}: {text}" + (" (rises)" if rises else "") + (" (does not fall)" if flat else "")))
+    return flags
+
+
+def unbounded_not_total(rows: list[dict[str, Any]], reattack: Reattack | None) -> list[Flag]:
+    flags = []
+    for row in _protocol_rows(rows):
+        if row["attack"] in MINIMUM_NORM:
+            success = 100 * row["success_rate"]
+            flags.append(Flag(CHECKS[3], success < UNBOUNDED_SUCCESS,
+                              f"{row['attack_id']} succeeds on {success:.1f}% of clean-correct points"))
+    if reattack is not None:
+        attack = ATTACKS.create("pgd", norm="linf", eps=1.0, steps=40, step_size=0.05, seed=0)
+        success, correct = _success_on_correct(attack, reattack)
+        share = _pct(success, correct)
+        flags.append(Flag(CHECKS[3], share < UNBOUNDED_SUCCESS,
+                          f"PGD-40 over the whole [0, 1] box (Linf eps 1) succeeds on {share:.1f}% of "
+                          f"{correct} clean-correct points"))
+    return flags
+
+
+def black_box_beats_white_box(rows: list[dict[str, Any]], tolerance: float) -> list[Flag]:
+    flags = []
+    rows = _protocol_rows(rows)
+    for transfer in (r for r in rows if r["threat"] == "black-box"):
+        base = transfer["config"].get("base")
+        white = next((r for r in rows if r["threat"] == "white-box" and r["config"] == base), None)
+        if white is None:
+            continue
+        n = len(transfer["examples"])
+        only_black = sum(1 for t, w in zip(transfer["examples"], white["examples"])
+                         if t["clean_correct"] and t["success"] and not w["success"])
+        gap = 100 * (white["robust_accuracy"] - transfer["robust_accuracy"])
+        flags.append(Flag(CHECKS[4], gap > tolerance or _pct(only_black, n) > tolerance,
+                          f"{transfer['attack_id']} {100 * transfer['robust_accuracy']:.1f}% vs white-box "
+                          f"{white['attack_id']} {100 * white['robust_accuracy']:.1f}%; transfer alone fools "
+                          f"{only_black} of {n} points"))
+    return flags
+
+
+def iterations_unconverged(rows: list[dict[str, Any]], tolerance: float) -> list[Flag]:
+    flags = []
+    for row in _protocol_rows(rows):
+        steps = row["config"].get("steps")
+        if row["attack"] != "pgd" or not steps or steps < 2 or row["config"].get("restarts", 1) != 1:
+            continue
+        examples = row["examples"]
+        if any(e["success_step"] is None for e in examples if e["success"] and e["clean_correct"]):
+            continue  # stored without first-fooling iterations (before migration 0003)
+        half = steps // 2
+
+        def robust_after(k: int) -> float:
+            return _pct(sum(1 for e in examples if e["clean_correct"] and not
+                            (e["success"] and e["success_step"] is not None and e["success_step"] <= k)),
+                        len(examples))
+
+        at_half, at_full = robust_after(half), robust_after(steps)
+        flags.append(Flag(CHECKS[5], at_half - at_full > tolerance,
+                          f"{row['attack_id']}: {at_half:.1f}% after {half} iterations, {at_full:.1f}% after {steps}"))
+    return flags
+
+
+def ce_cw_disagree(rows: list[dict[str, Any]], reattack: Reattack | None, tolerance: float) -> list[Flag]:
+    if reattack is None:
+        return []
+    flags = []
+    for row in _protocol_rows(rows):
+        config = row["config"]
+        if row["attack"] != "pgd" or config.get("loss") != "ce" or config.get("targeted"):
+            continue
+        params = {k: config[k] for k in ("norm", "eps", "steps", "step_size", "random_start", "restarts", "seed")}
+        attack = ATTACKS.create("pgd", loss="cw", **params)
+        success, correct = _success_on_correct(attack, reattack)
+        cw_robust = _pct(correct - success, len(reattack.y))
+        gap = 100 * row["robust_accuracy"] - cw_robust
+        flags.append(Flag(CHECKS[6], gap > tolerance,
+                          f"{row['attack_id']} (CE) {100 * row['robust_accuracy']:.1f}% vs the same PGD with "
+                          f"the CW loss {cw_robust:.1f}%"))
+    return flags
+
+
+def _success_on_correct(attack, reattack: Reattack) -> tuple[int, int]:
+    """(successes on clean-correct points, clean-correct points) of ``attack`` on the subset."""
+    from bench.evaluate import run_attack
+
+    outcome = run_attack(attack, reattack.model, reattack.x, reattack.y, reattack.batch_size)
+    was_training = reattack.model.training
+    reattack.model.eval()
+    with torch.no_grad():
+        correct = torch.cat([reattack.model(reattack.x[i:i + reattack.batch_size]).argmax(1)
+                             for i in range(0, len(reattack.y), reattack.batch_size)]).cpu() == reattack.y.cpu()
+    reattack.model.train(was_training)
+    return int((outcome["success"] & correct).sum()), int(correct.sum())
+
+
+def masking_flags(rows: list[dict[str, Any]], benign_accuracy: float, tolerance: float = 2.0,
+                  reattack: Reattack | None = None) -> list[Flag]:
+    """Every check that the rows (and the model, when given) allow, in ``CHECKS`` order."""
+    return [*noise_beats_gradient(rows, tolerance), *one_step_beats_iterative(rows, tolerance),
+            *eps_not_monotone(rows, benign_accuracy, tolerance), *unbounded_not_total(rows, reattack),
+            *black_box_beats_white_box(rows, tolerance), *iterations_unconverged(rows, tolerance),
+            *ce_cw_disagree(rows, reattack, tolerance)]

@@ -1,0 +1,59 @@
+"""``advarena audit --retrain``: train the stored run again from its recorded defense,
+hyper-parameters, architecture and seed, and compare benign and robust accuracy with the stored
+evaluation within a tolerance (training is not bit-exact across machines and thread counts)."""
+
+from __future__ import annotations
+
+import torch
+
+from bench.audit.reproduce import CANNOT_CHECK, DIFFERS, REPRODUCED, AuditItem, AuditReport
+from bench.datasets import load_dataset
+from bench.evaluate import build_attack, eval_subset, predict, run_attack
+from bench.models import build_model
+from bench.suite import Protocol, load_protocol
+from defenses import build_trainer
+from results.schema import CheckpointRow, TrainingRun
+from results.store import Store
+
+#: Default tolerance in accuracy points.
+RETRAIN_TOLERANCE = 1.0
+
+
+def retrain_checkpoint(store: Store, row: CheckpointRow, run: TrainingRun, device: torch.device,
+                       data_root: str | None = None, tolerance: float = RETRAIN_TOLERANCE) -> AuditReport:
+    report = AuditReport(row.id, run.label)
+    evaluation = store.latest_evaluation(row.id)
+    if evaluation is None:
+        report.items.append(AuditItem("retrain", CANNOT_CHECK, "no stored evaluation to compare with"))
+        return report
+    if row.meta.get("init_from"):
+        report.items.append(AuditItem("retrain", CANNOT_CHECK, "fine-tuned run: retrain its parent first"))
+        return report
+    report.evaluation_id = evaluation.id
+    protocol = (Protocol.model_validate(evaluation.protocol_spec) if evaluation.protocol_spec
+                else load_protocol(evaluation.protocol))
+    dataset = load_dataset(protocol.dataset, data_root)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(run.seed)
+        model = build_model(run.arch, dataset.input_shape, dataset.num_classes, dataset.channel_mean,
+                            dataset.channel_std, **run.arch_params).to(device)
+    result = build_trainer(run.defense, dict(run.hparams)).fit(model, dataset, run.seed, progress=False)
+    model = result.model.eval()
+    indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
+    x, y = dataset.x_test[indices].to(device), dataset.y_test[indices].to(device)
+    benign = float((predict(model, x, protocol.batch_size).cpu() == y.cpu()).float().mean())
+    report.items.append(_within("retrained benign accuracy", evaluation.benign_accuracy, benign, tolerance))
+    stored = {r["attack_id"]: r for r in store.evaluation_rows(evaluation.id)}
+    spec = next((s for s in protocol.attacks if s.attack == "pgd" and s.id in stored), None)
+    if spec is not None:
+        outcome = run_attack(build_attack(spec, {}), model, x, y, protocol.batch_size)
+        robust = float((outcome["pred"] == y.cpu()).float().mean())
+        report.items.append(_within(f"retrained {spec.id}", stored[spec.id]["robust_accuracy"], robust, tolerance))
+    return report
+
+
+def _within(name: str, expected: float, observed: float, tolerance: float) -> AuditItem:
+    diff = 100 * abs(observed - expected)
+    return AuditItem(name, REPRODUCED if diff <= tolerance else DIFFERS,
+                     f"stored {100 * expected:.2f}%, retrained {100 * observed:.2f}% (tolerance {tolerance:g} points)",
+                     round(expected, 6), round(observed, 6))
