@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from cycler import cycler  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -165,6 +166,8 @@ def iteration_curve(frames: StoreFrames, folder: Path) -> list[Path]:
 
 def draw_all(frames: StoreFrames, folder: Path) -> dict[str, list[Path]]:
     """Every curve, as {name: [png, svg]}."""
-    plt.rcParams["svg.hashsalt"] = "advarena"  # deterministic SVG ids
     drawers = (robustness_curve, l2_budget_curve, eps_curve, iteration_curve)
-    return {name: draw(frames, folder) for name, draw in zip(CURVES, drawers)}
+    # 20 distinct colours, then dashed: suites have more entries than the default 10 colours
+    style = cycler(linestyle=["-", "--"]) * cycler(color=plt.get_cmap("tab20").colors)
+    with plt.rc_context({"svg.hashsalt": "advarena", "axes.prop_cycle": style}):  # deterministic SVG ids
+        return {name: draw(frames, folder) for name, draw in zip(CURVES, drawers)}

@@ -60,7 +60,7 @@ def load_frames(store: Store, protocol: str) -> StoreFrames:
     version = int(checkpoints.protocol_version.max())
     checkpoints = checkpoints[checkpoints.protocol_version == version]
     checkpoints = (checkpoints.sort_values(["created_at", "evaluation_id"])
-                   .groupby("checkpoint_id", as_index=False).last()
+                   .drop_duplicates("checkpoint_id", keep="last")
                    .sort_values(["run_id", "final", "epoch"]).reset_index(drop=True))
     checkpoints["entry"] = checkpoints.entry.fillna(checkpoints.label)
     checkpoints["sweep_value"] = [_sweep_value(s) for s in checkpoints.sweep]
