@@ -54,11 +54,24 @@ def build_attack(spec: AttackSpec, sources: dict[str, SourceModel]) -> Attack:
                           source_model=source.model, source_id=source.sha256)
 
 
+#: Bump when a change to the evaluator changes what a given evaluation stores (2: a point is
+#: robust only if it is also classified correctly when clean).
+EVALUATOR_VERSION = 2
+
+
 def evaluation_key(checkpoint_sha: str, protocol: Protocol, subset: str,
                    attacks: dict[str, Attack]) -> str:
-    """Content key of an evaluation: checkpoint, protocol content, subset and resolved attacks."""
+    """Content key of an evaluation: checkpoint, protocol content, subset, resolved attacks and
+    the evaluator's version."""
     return canonical_hash({"checkpoint": checkpoint_sha, "protocol": protocol.content_hash(),
-                           "subset": subset, "attacks": {k: a.key() for k, a in attacks.items()}})
+                           "subset": subset, "attacks": {k: a.key() for k, a in attacks.items()},
+                           "evaluator": EVALUATOR_VERSION})
+
+
+def robust_points(pred: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tensor) -> torch.Tensor:
+    """Robust = classified correctly clean and under attack (a clean error stays an error even when
+    a random start or a transferred adversarial happens to fix it), as AutoAttack counts."""
+    return (pred == y) & clean_correct
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -126,7 +139,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
 def _attack_row(spec: AttackSpec, attack: Attack, outcome: dict[str, Any], clean_correct: torch.Tensor,
                 y: torch.Tensor, indices: np.ndarray, x_l2: torch.Tensor,
                 sources: dict[str, SourceModel]) -> dict[str, Any]:
-    adv_correct = outcome["pred"] == y
+    adv_correct = robust_points(outcome["pred"], y, clean_correct)
     success = outcome["success"]
     on_correct = success[clean_correct]
     fooled_l2 = outcome["l2"][success & clean_correct].tolist()

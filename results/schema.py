@@ -150,7 +150,7 @@ class ExampleRow(Base):
     example_index: Mapped[int]    # index into the dataset's test split
     label: Mapped[int]
     clean_correct: Mapped[bool] = mapped_column(Boolean)
-    adv_correct: Mapped[bool] = mapped_column(Boolean)
+    adv_correct: Mapped[bool] = mapped_column(Boolean)  # robust: correct clean and under attack
     success: Mapped[bool] = mapped_column(Boolean)
     l2: Mapped[float] = mapped_column(Float)
     linf: Mapped[float] = mapped_column(Float)

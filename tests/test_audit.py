@@ -138,3 +138,14 @@ def test_masked_model_raises_flags_and_honest_models_none(digits, trained_mlp):
     assert _flags(pgd_at, digits, surrogate) == {}
     masked = _flags(SaturatedSoftmax(trained_mlp).eval(), digits, surrogate)
     assert {"ce-cw-disagree", "black-box-beats-white-box"} <= set(masked), masked
+
+
+def test_retrain_reproduces_a_cpu_run(stored_run, capsys):
+    capsys.readouterr()
+    assert main(["audit", "fgsm-at", "--retrain", "--workdir", str(stored_run)]) == 0
+    out = capsys.readouterr().out
+    assert "fgsm-at: retrain reproduced" in out
+    assert "reproduced    retrained benign accuracy" in out and "reproduced    retrained pgd40-linf-0.1" in out
+    db = sqlite3.connect(stored_run / "advarena.db")
+    assert db.execute("select kind, verdict from audits order by id").fetchall() == [
+        ("reproduce", "reproduced"), ("retrain", "reproduced")]

@@ -122,3 +122,14 @@ def test_every_option_has_help(command):
 def test_list(capsys):
     assert main(["list", "attacks", "p*"]) == 0
     assert capsys.readouterr().out.startswith("pgd")
+
+
+def test_no_attack_row_is_more_accurate_than_the_clean_model(tiny_run):
+    """A clean error stays an error: a random start or a transferred point that happens to fix it
+    does not make the point robust."""
+    root, _ = tiny_run
+    db = sqlite3.connect(root / "work" / "advarena.db")
+    rows = db.execute("select a.attack_id, a.robust_accuracy, v.benign_accuracy from attack_results a "
+                      "join evaluations v on v.id = a.evaluation_id").fetchall()
+    assert rows and all(robust <= benign + 1e-9 for _, robust, benign in rows)
+    assert db.execute("select count(*) from example_results where adv_correct and not clean_correct").fetchone() == (0,)

@@ -20,7 +20,8 @@ from bench.checkpoints import WEIGHTS_FILE, file_sha256, load_checkpoint, read_c
 from bench.datasets import load_dataset
 from bench.environment import environment_record
 from bench.errors import AdvarenaError
-from bench.evaluate import SourceModel, build_attack, eval_subset, predict, run_attack, subset_hash
+from bench.evaluate import (SourceModel, build_attack, eval_subset, predict, robust_points, run_attack,
+                            subset_hash)
 from bench.suite import Protocol, load_protocol
 from results.schema import CheckpointRow, Evaluation
 from results.store import Store
@@ -126,14 +127,15 @@ def _reproduce_evaluation(store: Store, row: CheckpointRow, evaluation: Evaluati
     x, y = dataset.x_test[indices].to(device), dataset.y_test[indices].to(device)
     exact = device.type == "cpu"
     tolerance = 0.0 if exact else DEVICE_TOLERANCE
-    benign = float((predict(model, x, spec.batch_size).cpu() == y.cpu()).float().mean())
+    clean_correct = predict(model, x, spec.batch_size).cpu() == y.cpu()
+    benign = float(clean_correct.float().mean())
     report.items.append(_compare("benign accuracy", evaluation.benign_accuracy, benign, tolerance))
     stored = store.evaluation_rows(evaluation.id)
     by_id = {r["attack_id"]: r for r in stored}
     chosen = [s for s, _ in spec.expanded_attacks() if any(fnmatch.fnmatchcase(s.id, p) for p in attack_patterns)]
     for attack_spec in chosen:
-        report.items.append(_rerun(store, attack_spec, by_id.get(attack_spec.id), model, x, y, spec.batch_size,
-                                   device, exact, tolerance))
+        report.items.append(_rerun(store, attack_spec, by_id.get(attack_spec.id), model, x, y, clean_correct,
+                                   spec.batch_size, device, exact, tolerance))
     report.flags = masking_flags(stored, evaluation.benign_accuracy, masking_tolerance,
                                  Reattack(model, x, y, spec.batch_size))
 
@@ -145,8 +147,8 @@ def _compare(name: str, expected: float, observed: float, tolerance: float) -> A
                                     f"(tolerance {tolerance:g} points)", round(expected, 6), round(observed, 6))
 
 
-def _rerun(store: Store, spec, stored: dict[str, Any] | None, model, x, y, batch_size: int,
-           device: torch.device, exact: bool, tolerance: float) -> AuditItem:
+def _rerun(store: Store, spec, stored: dict[str, Any] | None, model, x, y, clean_correct: torch.Tensor,
+           batch_size: int, device: torch.device, exact: bool, tolerance: float) -> AuditItem:
     name = f"attack {spec.id}"
     if stored is None:
         return AuditItem(name, CANNOT_CHECK, "not in the stored evaluation")
@@ -163,7 +165,7 @@ def _rerun(store: Store, spec, stored: dict[str, Any] | None, model, x, y, batch
     if attack.key() != stored["attack_key"]:
         return AuditItem(name, CANNOT_CHECK, "the attack's configuration changed since it was stored")
     outcome = run_attack(attack, model, x, y, batch_size)
-    robust = float((outcome["pred"] == y.cpu()).float().mean())
+    robust = float(robust_points(outcome["pred"], y.cpu(), clean_correct).float().mean())
     item = _compare(name, stored["robust_accuracy"], robust, tolerance)
     if exact:
         previous = torch.tensor([e["success"] for e in stored["examples"]])

@@ -8,7 +8,7 @@ import torch
 
 from bench.audit.reproduce import CANNOT_CHECK, DIFFERS, REPRODUCED, AuditItem, AuditReport
 from bench.datasets import load_dataset
-from bench.evaluate import build_attack, eval_subset, predict, run_attack
+from bench.evaluate import build_attack, eval_subset, predict, robust_points, run_attack
 from bench.models import build_model
 from bench.suite import Protocol, load_protocol
 from defenses import build_trainer
@@ -41,13 +41,14 @@ def retrain_checkpoint(store: Store, row: CheckpointRow, run: TrainingRun, devic
     model = result.model.eval()
     indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
     x, y = dataset.x_test[indices].to(device), dataset.y_test[indices].to(device)
-    benign = float((predict(model, x, protocol.batch_size).cpu() == y.cpu()).float().mean())
+    clean_correct = predict(model, x, protocol.batch_size).cpu() == y.cpu()
+    benign = float(clean_correct.float().mean())
     report.items.append(_within("retrained benign accuracy", evaluation.benign_accuracy, benign, tolerance))
     stored = {r["attack_id"]: r for r in store.evaluation_rows(evaluation.id)}
     spec = next((s for s in protocol.attacks if s.attack == "pgd" and s.id in stored), None)
     if spec is not None:
         outcome = run_attack(build_attack(spec, {}), model, x, y, protocol.batch_size)
-        robust = float((outcome["pred"] == y.cpu()).float().mean())
+        robust = float(robust_points(outcome["pred"], y.cpu(), clean_correct).float().mean())
         report.items.append(_within(f"retrained {spec.id}", stored[spec.id]["robust_accuracy"], robust, tolerance))
     return report
 
