@@ -75,7 +75,7 @@ def audit_badges(store: Store) -> dict[int, str]:
                              .where(AuditRow.kind == "reproduce").order_by(AuditRow.id), conn)
     badges = {}
     for row in audits.itertuples():  # later rows overwrite earlier ones
-        raised = [f["check"] for f in (row.flags or []) if f.get("flagged")]
+        raised = list(dict.fromkeys(f["check"] for f in (row.flags or []) if f.get("flagged")))
         badges[int(row.checkpoint_id)] = row.verdict + (f" [!{' !'.join(raised)}]" if raised else "")
     return badges
 
