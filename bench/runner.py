@@ -153,9 +153,14 @@ def ensure_evaluated(model: nn.Module, checkpoint: Checkpoint, checkpoint_id: in
 
 
 def _load(trained: TrainedModel, device: torch.device) -> tuple[nn.Module, Checkpoint]:
-    model, checkpoint = load_checkpoint(trained.checkpoint_path, device)
-    if checkpoint.sha256 != trained.sha256:
-        raise CheckpointError(f"{trained.checkpoint_path}: sha256 changed since it was stored")
+    return _load_stored(trained.checkpoint_path, trained.sha256, device)
+
+
+def _load_stored(path: str | Path, sha256: str, device: torch.device) -> tuple[nn.Module, Checkpoint]:
+    """Load a checkpoint the store knows, refusing one whose weights changed since."""
+    model, checkpoint = load_checkpoint(path, device)
+    if checkpoint.sha256 != sha256:
+        raise CheckpointError(f"{path}: sha256 changed since it was stored")
     return model, checkpoint
 
 
@@ -187,8 +192,6 @@ def run_suite(suite: Suite, protocol: Protocol, ctx: Context) -> None:
                          trained.job.label)
         if suite.evaluate_every_epoch:
             for row in ctx.store.epoch_checkpoints(trained.checkpoint_id):
-                epoch_model, epoch_checkpoint = load_checkpoint(row.path, ctx.device)
-                if epoch_checkpoint.sha256 != row.sha256:
-                    raise CheckpointError(f"{row.path}: sha256 changed since it was stored")
+                epoch_model, epoch_checkpoint = _load_stored(row.path, row.sha256, ctx.device)
                 ensure_evaluated(epoch_model, epoch_checkpoint, row.id, dataset, protocol, sources, ctx,
                                  f"{trained.job.label} epoch {row.epoch}")

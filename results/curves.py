@@ -19,7 +19,7 @@ from cycler import cycler  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from results.frames import StoreFrames  # noqa: E402
+from results.frames import StoreFrames, examples_by_row  # noqa: E402
 from results.metrics import accuracy_by_iteration, accuracy_within, doubling_iterations  # noqa: E402
 from results.tables import RHO_ATTACKS, final_checkpoints, protocol_attacks  # noqa: E402
 
@@ -39,6 +39,16 @@ def _save(figure: plt.Figure, folder: Path, name: str) -> list[Path]:
 def _empty(axis: plt.Axes, message: str) -> None:
     axis.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=axis.transAxes)
     axis.set_axis_off()
+
+
+def _finish(axis: plt.Axes, xlabel: str, ylabel: str | None, title: str, legend: bool = True) -> None:
+    axis.set_xlabel(xlabel)
+    if ylabel:
+        axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    if legend:
+        axis.legend(fontsize=7, ncol=2)
 
 
 def rho_attack(frames: StoreFrames) -> str | None:
@@ -71,11 +81,8 @@ def robustness_curve(frames: StoreFrames, folder: Path) -> list[Path]:
         if len(epochs):
             axis.scatter([rho[e] for e in epochs.evaluation_id], 100 * epochs.benign_accuracy, s=12,
                          alpha=0.45, color=line.get_color())
-    axis.set_xlabel(f"rho: mean L2 of successful {attack_id} perturbations")
-    axis.set_ylabel("benign accuracy (%)")
-    axis.set_title("Robustness curve (line: sweep values; dots: epoch checkpoints)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
+    _finish(axis, f"rho: mean L2 of successful {attack_id} perturbations", "benign accuracy (%)",
+            "Robustness curve (line: sweep values; dots: epoch checkpoints)")
     return _save(figure, folder, CURVES[0])
 
 
@@ -84,8 +91,7 @@ def _final_examples(frames: StoreFrames, attack_ids: list[str]) -> dict[tuple[st
     finals = final_checkpoints(frames)
     a = frames.attacks[frames.attacks.attack_id.isin(attack_ids) & frames.attacks.evaluation_id.isin(finals.evaluation_id)]
     label_of = dict(zip(finals.evaluation_id, finals.label))
-    examples = frames.examples(list(a.id))
-    groups = {k: g for k, g in examples.groupby("attack_result_id")}
+    groups = examples_by_row(frames, list(a.id))
     return {(label_of[r.evaluation_id], r.attack_id): groups[r.id] for r in a.itertuples() if r.id in groups}
 
 
@@ -100,11 +106,7 @@ def l2_budget_curve(frames: StoreFrames, folder: Path) -> list[Path]:
     budgets = np.linspace(0.0, max(top, 1e-3), 101)
     for (label, _), examples in data.items():
         axis.plot(budgets, 100 * accuracy_within(examples, budgets, "l2"), label=label)
-    axis.set_xlabel(f"L2 budget (per-example minimum norms of {attack_id})")
-    axis.set_ylabel("accuracy (%)")
-    axis.set_title("Accuracy vs L2 budget")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
+    _finish(axis, f"L2 budget (per-example minimum norms of {attack_id})", "accuracy (%)", "Accuracy vs L2 budget")
     return _save(figure, folder, CURVES[1])
 
 
@@ -120,11 +122,7 @@ def eps_curve(frames: StoreFrames, folder: Path) -> list[Path]:
             own = rows[rows.evaluation_id == checkpoint.evaluation_id].sort_values("eps")
             pgd_axis.plot([0.0, *own.eps], [100 * checkpoint.benign_accuracy, *(100 * own.robust_accuracy)],
                           marker="o", label=checkpoint.label)
-        pgd_axis.set_title(f"{parent} over its eps grid")
-        pgd_axis.set_xlabel("eps")
-        pgd_axis.set_ylabel("accuracy (%)")
-        pgd_axis.grid(alpha=0.3)
-        pgd_axis.legend(fontsize=7, ncol=2)
+        _finish(pgd_axis, "eps", "accuracy (%)", f"{parent} over its eps grid")
     else:
         _empty(pgd_axis, "no eps grid in this protocol")
     lines = _final_examples(frames, list(a[a.attack == "fgs-line"].attack_id.unique()))
@@ -133,9 +131,7 @@ def eps_curve(frames: StoreFrames, folder: Path) -> list[Path]:
         grid = np.linspace(0.0, max_eps, 101)
         for (label, _), examples in lines.items():
             fgs_axis.plot(grid, 100 * accuracy_within(examples, grid, "linf"), label=label)
-        fgs_axis.set_title("FGS line (FGSM accuracy at every eps)")
-        fgs_axis.set_xlabel("eps")
-        fgs_axis.grid(alpha=0.3)
+        _finish(fgs_axis, "eps", None, "FGS line (FGSM accuracy at every eps)", legend=False)
     else:
         _empty(fgs_axis, "no FGS line in this protocol")
     return _save(figure, folder, CURVES[2])
@@ -156,11 +152,8 @@ def iteration_curve(frames: StoreFrames, folder: Path) -> list[Path]:
         axis.plot(iterations, 100 * accuracy_by_iteration(examples, iterations), marker="o", label=label)
     axis.set_xscale("log", base=2)
     axis.set_xticks(iterations, [str(k) for k in iterations])
-    axis.set_xlabel(f"{attack_id} iterations (one run, first fooling iterate per point)")
-    axis.set_ylabel("accuracy (%)")
-    axis.set_title("Accuracy vs PGD iterations")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize=7, ncol=2)
+    _finish(axis, f"{attack_id} iterations (one run, first fooling iterate per point)", "accuracy (%)",
+            "Accuracy vs PGD iterations")
     return _save(figure, folder, CURVES[3])
 
 

@@ -41,6 +41,19 @@ class StoreFrames:
         with self.store.engine.connect() as conn:
             return pd.read_sql(query, conn)
 
+    def run_labels(self, checkpoint_ids: list[int]) -> dict[int, str]:
+        """Checkpoint id -> its training run's label (surrogates included)."""
+        query = (select(CheckpointRow.id, TrainingRun.label).join(TrainingRun, CheckpointRow.run_id == TrainingRun.id)
+                 .where(CheckpointRow.id.in_(checkpoint_ids)))
+        with self.store.engine.connect() as conn:
+            return {int(i): label for i, label in conn.execute(query)}
+
+
+def examples_by_row(frames: "StoreFrames", attack_row_ids: list[int]) -> dict[int, pd.DataFrame]:
+    """Per-example rows of the given attack rows, one frame per attack row id (rows without
+    stored examples are absent)."""
+    return {int(k): g for k, g in frames.examples(attack_row_ids).groupby("attack_result_id")}
+
 
 def load_frames(store: Store, protocol: str) -> StoreFrames:
     """Frames of the newest stored version of ``protocol``; each checkpoint's newest evaluation."""

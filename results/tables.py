@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from results.frames import StoreFrames
+from results.frames import StoreFrames, examples_by_row
 from results.leaderboard import CURVE_ONLY_ATTACKS, audit_badges
 from results.matching import NOT_REACHABLE, Point, match
 from results.metrics import attack_metrics, fgs_accuracies, fgs_eps_ref, mean_and_std
@@ -84,9 +84,8 @@ def results_table(frames: StoreFrames) -> pd.DataFrame:
         for attack_id, per_attack in attacks[attacks.evaluation_id.isin(group.evaluation_id)].groupby(
                 "attack_id", sort=False):
             if per_attack.eps.isna().all():
-                value, std = mean_and_std(list(per_attack.median_l2.dropna())) if per_attack.median_l2.notna().any() \
-                    else (None, None)
-                row[f"{attack_id} median L2"] = _round(value)
+                medians = list(per_attack.median_l2.dropna())
+                row[f"{attack_id} median L2"] = _round(mean_and_std(medians)[0]) if medians else None
                 continue
             value, std = mean_and_std(list(per_attack.robust_accuracy))
             row[attack_id] = _pct(value)
@@ -147,8 +146,7 @@ def attack_table(frames: StoreFrames) -> pd.DataFrame:
     finals = final_checkpoints(frames)
     attacks = table_attacks(frames)
     timing = dict(zip(frames.training.run_id, frames.training.sec_per_epoch)) if not frames.training.empty else {}
-    examples = frames.examples(list(attacks[attacks.threat == "white-box"].id))
-    by_row = {k: g for k, g in examples.groupby("attack_result_id")}
+    by_row = examples_by_row(frames, list(attacks[attacks.threat == "white-box"].id))
     rows = []
     for checkpoint in finals.itertuples():
         own = attacks[attacks.evaluation_id == checkpoint.evaluation_id]
@@ -174,8 +172,7 @@ def minimum_norm_table(frames: StoreFrames) -> pd.DataFrame:
     finals = final_checkpoints(frames)
     attacks = table_attacks(frames)
     attacks = attacks[attacks.eps.isna()]
-    examples = frames.examples(list(attacks.id))
-    by_row = {k: g for k, g in examples.groupby("attack_result_id")}
+    by_row = examples_by_row(frames, list(attacks.id))
     label_of = dict(zip(finals.evaluation_id, finals.label))
     rows = []
     for attack in attacks[attacks.evaluation_id.isin(finals.evaluation_id)].itertuples():
@@ -194,8 +191,8 @@ def fgs_table(frames: StoreFrames, reference: dict[str, str] | None = None) -> p
     lines = frames.attacks[(frames.attacks.attack == "fgs-line") & frames.attacks.evaluation_id.isin(finals.evaluation_id)]
     if lines.empty:
         return pd.DataFrame()
-    examples = frames.examples(list(lines.id))
-    by_evaluation = {lines.set_index("id").evaluation_id[k]: g for k, g in examples.groupby("attack_result_id")}
+    evaluation_of = dict(zip(lines.id, lines.evaluation_id))
+    by_evaluation = {evaluation_of[k]: g for k, g in examples_by_row(frames, list(lines.id)).items()}
     rows = []
     for arch, group in finals.groupby("arch", sort=True):
         chosen = (reference or {}).get(arch)
@@ -223,16 +220,7 @@ def transfer_table(frames: StoreFrames) -> pd.DataFrame:
     transfers = frames.attacks[(frames.attacks.threat == "black-box") & frames.attacks.evaluation_id.isin(finals.evaluation_id)]
     if transfers.empty:
         return pd.DataFrame()
-    from sqlalchemy import select
-
-    from results.schema import CheckpointRow, TrainingRun
-
-    ids = [int(i) for i in transfers.source_checkpoint_id.dropna().unique()]
-    with frames.store.engine.connect() as conn:
-        names = pd.read_sql(select(CheckpointRow.id, TrainingRun.label)
-                            .join(TrainingRun, CheckpointRow.run_id == TrainingRun.id)
-                            .where(CheckpointRow.id.in_(ids)), conn)
-    source_name = dict(zip(names.id, names.label))
+    source_name = frames.run_labels([int(i) for i in transfers.source_checkpoint_id.dropna().unique()])
     label_of = dict(zip(finals.evaluation_id, finals.label))
     rows = [{"attack": t.attack_id,
              "source": source_name.get(t.source_checkpoint_id, "unknown") if pd.notna(t.source_checkpoint_id) else "unknown",

@@ -19,13 +19,14 @@ numbers behind it. Tolerances are in accuracy points.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from attacks import ATTACKS
+from bench.evaluate import predict, run_attack
 
 #: Attacks that follow the model's gradient (noise, transfer and worst-case rows are not).
 GRADIENT_ATTACKS = ("fgsm", "pgd", "mim", "apgd-ce", "apgd-t", "autoattack", "ta-fgsm", "ta-pgd", "ta-mim",
@@ -49,12 +50,38 @@ class Flag:
 
 @dataclass
 class Reattack:
-    """What the re-attacking checks need: the model and the eval subset it was evaluated on."""
+    """What the re-attacking checks need: the model and the eval subset it was evaluated on.
+    The clean predictions are computed once, on first use, for every re-attack."""
 
     model: nn.Module
     x: torch.Tensor
     y: torch.Tensor
     batch_size: int
+    #: The clean-correct mask (CPU), when the caller has it already; else computed on first use.
+    known_clean_correct: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def clean_correct(self) -> torch.Tensor:
+        if self.known_clean_correct is None:
+            self.known_clean_correct = predict(self.model, self.x, self.batch_size).cpu() == self.y.cpu()
+        return self.known_clean_correct
+
+    def run(self, attack) -> tuple[int, int]:
+        """(successes on clean-correct points, clean-correct points) of ``attack`` on the subset."""
+        outcome = run_attack(attack, self.model, self.x, self.y, self.batch_size)
+        return int((outcome["success"] & self.clean_correct).sum()), int(self.clean_correct.sum())
+
+    def robust_percent(self, attack) -> float:
+        """Robust accuracy (%) under ``attack``: clean-correct and not fooled."""
+        success, correct = self.run(attack)
+        return _pct(correct - success, len(self.y))
+
+
+def _pgd_variant(config: dict[str, Any], **changes: Any):
+    """The stored PGD's configuration with ``changes`` (more steps, another loss)."""
+    params = {k: config[k] for k in ("norm", "eps", "steps", "step_size", "random_start", "restarts", "loss",
+                                     "seed")}
+    return ATTACKS.create("pgd", **{**params, **changes})
 
 
 def _pct(count: int | float, n: int) -> float:
@@ -120,7 +147,7 @@ def unbounded_not_total(rows: list[dict[str, Any]], reattack: Reattack | None) -
                               f"{row['attack_id']} succeeds on {success:.1f}% of clean-correct points"))
     if reattack is not None:
         attack = ATTACKS.create("pgd", norm="linf", eps=1.0, steps=40, step_size=0.05, seed=0)
-        success, correct = _success_on_correct(attack, reattack)
+        success, correct = reattack.run(attack)
         share = _pct(success, correct)
         flags.append(Flag(CHECKS[3], share < UNBOUNDED_SUCCESS,
                           f"PGD-40 over the whole [0, 1] box (Linf eps 1) succeeds on {share:.1f}% of "
@@ -158,10 +185,7 @@ def iterations_unconverged(rows: list[dict[str, Any]], reattack: Reattack | None
         config = row["config"]
         if row["attack"] != "pgd" or config.get("restarts", 1) != 1 or config.get("targeted"):
             continue
-        params = {k: config[k] for k in ("norm", "eps", "step_size", "random_start", "loss", "seed")}
-        attack = ATTACKS.create("pgd", steps=2 * config["steps"], **params)
-        success, correct = _success_on_correct(attack, reattack)
-        doubled = _pct(correct - success, len(reattack.y))
+        doubled = reattack.robust_percent(_pgd_variant(config, steps=2 * config["steps"]))
         stored = 100 * row["robust_accuracy"]
         flags.append(Flag(CHECKS[5], stored - doubled > tolerance,
                           f"{row['attack_id']}: {stored:.1f}% after {config['steps']} iterations, "
@@ -177,29 +201,12 @@ def ce_cw_disagree(rows: list[dict[str, Any]], reattack: Reattack | None, tolera
         config = row["config"]
         if row["attack"] != "pgd" or config.get("loss") != "ce" or config.get("targeted"):
             continue
-        params = {k: config[k] for k in ("norm", "eps", "steps", "step_size", "random_start", "restarts", "seed")}
-        attack = ATTACKS.create("pgd", loss="cw", **params)
-        success, correct = _success_on_correct(attack, reattack)
-        cw_robust = _pct(correct - success, len(reattack.y))
+        cw_robust = reattack.robust_percent(_pgd_variant(config, loss="cw"))
         gap = 100 * row["robust_accuracy"] - cw_robust
         flags.append(Flag(CHECKS[6], gap > tolerance,
                           f"{row['attack_id']} (CE) {100 * row['robust_accuracy']:.1f}% vs the same PGD with "
                           f"the CW loss {cw_robust:.1f}%"))
     return flags
-
-
-def _success_on_correct(attack, reattack: Reattack) -> tuple[int, int]:
-    """(successes on clean-correct points, clean-correct points) of ``attack`` on the subset."""
-    from bench.evaluate import run_attack
-
-    outcome = run_attack(attack, reattack.model, reattack.x, reattack.y, reattack.batch_size)
-    was_training = reattack.model.training
-    reattack.model.eval()
-    with torch.no_grad():
-        correct = torch.cat([reattack.model(reattack.x[i:i + reattack.batch_size]).argmax(1)
-                             for i in range(0, len(reattack.y), reattack.batch_size)]).cpu() == reattack.y.cpu()
-    reattack.model.train(was_training)
-    return int((outcome["success"] & correct).sum()), int(correct.sum())
 
 
 def masking_flags(rows: list[dict[str, Any]], benign_accuracy: float, tolerance: float = 2.0,

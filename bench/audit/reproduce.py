@@ -108,8 +108,7 @@ def audit_checkpoint(store: Store, row: CheckpointRow, label: str, device: torch
 def _reproduce_evaluation(store: Store, row: CheckpointRow, evaluation: Evaluation, report: AuditReport,
                           device: torch.device, attack_patterns: tuple[str, ...], data_root: str | None,
                           masking_tolerance: float) -> None:
-    spec = (Protocol.model_validate(evaluation.protocol_spec) if evaluation.protocol_spec
-            else load_protocol(evaluation.protocol))
+    spec = stored_protocol(evaluation)
     if spec.content_hash() != evaluation.protocol_hash:
         report.items.append(AuditItem("protocol", CANNOT_CHECK,
                                       f"the shipped protocol {evaluation.protocol!r} is now v{spec.version} "
@@ -129,7 +128,7 @@ def _reproduce_evaluation(store: Store, row: CheckpointRow, evaluation: Evaluati
     tolerance = 0.0 if exact else DEVICE_TOLERANCE
     clean_correct = predict(model, x, spec.batch_size).cpu() == y.cpu()
     benign = float(clean_correct.float().mean())
-    report.items.append(_compare("benign accuracy", evaluation.benign_accuracy, benign, tolerance))
+    report.items.append(compare_accuracy("benign accuracy", evaluation.benign_accuracy, benign, tolerance))
     stored = store.evaluation_rows(evaluation.id)
     by_id = {r["attack_id"]: r for r in stored}
     chosen = [s for s, _ in spec.expanded_attacks() if any(fnmatch.fnmatchcase(s.id, p) for p in attack_patterns)]
@@ -137,13 +136,22 @@ def _reproduce_evaluation(store: Store, row: CheckpointRow, evaluation: Evaluati
         report.items.append(_rerun(store, attack_spec, by_id.get(attack_spec.id), model, x, y, clean_correct,
                                    spec.batch_size, device, exact, tolerance))
     report.flags = masking_flags(stored, evaluation.benign_accuracy, masking_tolerance,
-                                 Reattack(model, x, y, spec.batch_size))
+                                 Reattack(model, x, y, spec.batch_size, clean_correct))
 
 
-def _compare(name: str, expected: float, observed: float, tolerance: float) -> AuditItem:
+def stored_protocol(evaluation: Evaluation) -> Protocol:
+    """The protocol an evaluation ran: stored with it (migration 0004), else the shipped file."""
+    if evaluation.protocol_spec:
+        return Protocol.model_validate(evaluation.protocol_spec)
+    return load_protocol(evaluation.protocol)
+
+
+def compare_accuracy(name: str, expected: float, observed: float, tolerance: float,
+                     observed_as: str = "now") -> AuditItem:
+    """Reproduced when the accuracies (fractions) differ by at most ``tolerance`` points."""
     diff = 100 * abs(observed - expected)
     verdict = REPRODUCED if diff <= tolerance + 1e-9 else DIFFERS
-    return AuditItem(name, verdict, f"stored {100 * expected:.2f}%, now {100 * observed:.2f}% "
+    return AuditItem(name, verdict, f"stored {100 * expected:.2f}%, {observed_as} {100 * observed:.2f}% "
                                     f"(tolerance {tolerance:g} points)", round(expected, 6), round(observed, 6))
 
 
@@ -166,7 +174,7 @@ def _rerun(store: Store, spec, stored: dict[str, Any] | None, model, x, y, clean
         return AuditItem(name, CANNOT_CHECK, "the attack's configuration changed since it was stored")
     outcome = run_attack(attack, model, x, y, batch_size)
     robust = float(robust_points(outcome["pred"], y.cpu(), clean_correct).float().mean())
-    item = _compare(name, stored["robust_accuracy"], robust, tolerance)
+    item = compare_accuracy(name, stored["robust_accuracy"], robust, tolerance)
     if exact:
         previous = torch.tensor([e["success"] for e in stored["examples"]])
         flipped = int((previous != outcome["success"]).sum())

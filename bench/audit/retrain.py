@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import torch
 
-from bench.audit.reproduce import CANNOT_CHECK, DIFFERS, REPRODUCED, AuditItem, AuditReport
+from bench.audit.reproduce import CANNOT_CHECK, AuditItem, AuditReport, compare_accuracy, stored_protocol
 from bench.datasets import load_dataset
 from bench.evaluate import build_attack, eval_subset, predict, robust_points, run_attack
-from bench.models import build_model
-from bench.suite import Protocol, load_protocol
+from bench.jobs import TrainJob
+from bench.runner import build_untrained
 from defenses import build_trainer
 from results.schema import CheckpointRow, TrainingRun
 from results.store import Store
@@ -30,31 +30,25 @@ def retrain_checkpoint(store: Store, row: CheckpointRow, run: TrainingRun, devic
         report.items.append(AuditItem("retrain", CANNOT_CHECK, "fine-tuned run: retrain its parent first"))
         return report
     report.evaluation_id = evaluation.id
-    protocol = (Protocol.model_validate(evaluation.protocol_spec) if evaluation.protocol_spec
-                else load_protocol(evaluation.protocol))
+    protocol = stored_protocol(evaluation)
     dataset = load_dataset(protocol.dataset, data_root)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run.seed)
-        model = build_model(run.arch, dataset.input_shape, dataset.num_classes, dataset.channel_mean,
-                            dataset.channel_std, **run.arch_params).to(device)
+    job = TrainJob(label=run.label, role=run.role, defense=run.defense, hparams=dict(run.hparams), arch=run.arch,
+                   arch_params=dict(run.arch_params), seed=run.seed)
+    model = build_untrained(job, dataset).to(device)
     result = build_trainer(run.defense, dict(run.hparams)).fit(model, dataset, run.seed, progress=False)
     model = result.model.eval()
     indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
     x, y = dataset.x_test[indices].to(device), dataset.y_test[indices].to(device)
     clean_correct = predict(model, x, protocol.batch_size).cpu() == y.cpu()
     benign = float(clean_correct.float().mean())
-    report.items.append(_within("retrained benign accuracy", evaluation.benign_accuracy, benign, tolerance))
+    report.items.append(compare_accuracy("retrained benign accuracy", evaluation.benign_accuracy, benign,
+                                         tolerance, "retrained"))
     stored = {r["attack_id"]: r for r in store.evaluation_rows(evaluation.id)}
     spec = next((s for s in protocol.attacks if s.attack == "pgd" and s.id in stored), None)
     if spec is not None:
         outcome = run_attack(build_attack(spec, {}), model, x, y, protocol.batch_size)
         robust = float(robust_points(outcome["pred"], y.cpu(), clean_correct).float().mean())
-        report.items.append(_within(f"retrained {spec.id}", stored[spec.id]["robust_accuracy"], robust, tolerance))
+        report.items.append(compare_accuracy(f"retrained {spec.id}", stored[spec.id]["robust_accuracy"], robust,
+                                             tolerance, "retrained"))
     return report
 
-
-def _within(name: str, expected: float, observed: float, tolerance: float) -> AuditItem:
-    diff = 100 * abs(observed - expected)
-    return AuditItem(name, REPRODUCED if diff <= tolerance else DIFFERS,
-                     f"stored {100 * expected:.2f}%, retrained {100 * observed:.2f}% (tolerance {tolerance:g} points)",
-                     round(expected, 6), round(observed, 6))
