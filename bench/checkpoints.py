@@ -36,7 +36,11 @@ class Checkpoint:
         return str(self.meta["sha256"])
 
     def build(self) -> nn.Module:
-        """An untrained model of the recorded architecture."""
+        """An untrained model of the recorded architecture (an external model: from its factory)."""
+        if self.meta["arch"] == "external":
+            from bench.external import build_external
+
+            return build_external(self.meta["factory"], self.meta.get("factory_kwargs", {}))
         return build_model(self.meta["arch"], self.meta["input_shape"], self.meta["num_classes"],
                            self.meta["mean"], self.meta["std"], **self.meta["arch_params"])
 
@@ -117,3 +121,18 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> t
         raise CheckpointError(f"{checkpoint.path}: weights do not fit architecture "
                               f"{checkpoint.meta['arch']!r}: {str(err).splitlines()[0]}") from None
     return model.to(device).eval(), checkpoint
+
+
+def load_aux(classifier_folder: str | Path, name: str,
+             device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
+    """Load the auxiliary network ``name`` (a generator, an attacker) that a training run saved beside
+    its classifier checkpoint, verifying the sha256 the classifier's meta.json recorded for it."""
+    classifier = read_checkpoint(classifier_folder)
+    saved = classifier.meta.get("aux", {})
+    if name not in saved:
+        raise CheckpointError(f"{classifier_folder}: the run saved no {name!r} network "
+                              f"(saved: {sorted(saved) or 'none'})")
+    module, checkpoint = load_checkpoint(saved[name]["path"], device)
+    if checkpoint.sha256 != saved[name]["sha256"]:
+        raise CheckpointError(f"{saved[name]['path']}: sha256 differs from the one its classifier recorded")
+    return module, checkpoint

@@ -28,6 +28,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                        help="where to train and attack; auto = cuda when available (default: auto)")
     group.add_argument("--threads", type=int, default=None,
                        help="torch CPU threads (default: torch's choice)")
+    group.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                       help="import MODULE first: it registers defenses, models or attacks (repeatable; "
+                            "modules under the advarena.* entry points are imported too)")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
     group.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
 
@@ -56,9 +59,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(train)
 
     evaluate = sub.add_parser("eval", help="evaluate one checkpoint under a protocol and store the results",
-                              description="Attack one checkpoint folder (weights.safetensors + meta.json) with "
-                                          "every attack of a protocol.")
-    evaluate.add_argument("checkpoint", type=Path, help="checkpoint folder")
+                              description="Attack one checkpoint folder (weights.safetensors + meta.json), or a "
+                                          "model trained elsewhere (--model-factory and --weights), with every "
+                                          "attack of a protocol.")
+    evaluate.add_argument("checkpoint", type=Path, nargs="?", default=None,
+                          help="checkpoint folder (omit with --model-factory)")
+    evaluate.add_argument("--model-factory", default=None, metavar="MODULE:CALLABLE",
+                          help="build an external model with this callable (it takes [0, 1] images, returns "
+                               "logits); needs --weights")
+    evaluate.add_argument("--weights", type=Path, default=None, metavar="FILE",
+                          help="the external model's weights: .safetensors, or a torch file (.pt/.pth/.bin) "
+                               "loaded with weights_only=True")
+    evaluate.add_argument("--factory-kwargs", default="{}", metavar="JSON",
+                          help="keyword arguments of the factory as a JSON object (default: {})")
+    evaluate.add_argument("--label", default=None, help="leaderboard label of the external model "
+                                                        "(default: the weights file's stem)")
     evaluate.add_argument("--protocol", default="quick",
                           help="shipped protocol name or path to a .yaml (default: %(default)s)")
     evaluate.add_argument("--source", action="append", default=[], metavar="ROLE=CHECKPOINT",
@@ -136,12 +151,35 @@ def build_parser() -> argparse.ArgumentParser:
                       help="JSON output file (default: WORKDIR/perf/perf-MODEL.json)")
     _add_common(perf)
 
+    export = sub.add_parser("export", help="write leaderboard entries as RobustBench model_info JSON files",
+                            description="One model_info/<dataset>/<threat model>/<label>.json per final defense "
+                                        "checkpoint, with clean and AutoAttack accuracy (or the attack --attack "
+                                        "names, stated in the file's footnote), eps, architecture and "
+                                        "additional_data.")
+    export.add_argument("--protocol", default="quick", help="protocol name (default: %(default)s)")
+    export.add_argument("--out", type=Path, default=None, help="output folder (default: WORKDIR/model_info)")
+    export.add_argument("--attack", default=None, metavar="ATTACK_ID",
+                        help="attack row for autoattack_acc when the protocol has no autoattack (e.g. "
+                             "worst-case-linf-0.3)")
+    export.add_argument("--references", action="store_true",
+                        help="write the imported reference files back instead of our entries")
+    _add_common(export)
+
+    importing = sub.add_parser("import-reference", help="import RobustBench model_info files as reference rows",
+                               description="Store model_info JSON files (or folders of them) as reference rows: "
+                                           "the leaderboard and report show them beside our evaluations, marked "
+                                           "'reported, not re-evaluated'.")
+    importing.add_argument("paths", type=Path, nargs="+", help="model_info .json files or folders")
+    _add_common(importing)
+
     listing = sub.add_parser("list", help="list registered names (wildcards allowed)",
                              description="List datasets, models, defenses, attacks, or shipped protocols "
                                          "and suites.")
     listing.add_argument("kind", choices=["datasets", "models", "defenses", "attacks", "protocols", "suites"],
                          help="what to list")
     listing.add_argument("pattern", nargs="?", default="*", help="shell-style wildcard (default: *)")
+    listing.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                         help="import MODULE first, so its registrations are listed (repeatable)")
     return parser
 
 
@@ -173,6 +211,16 @@ def _print_leaderboard(ctx, protocol: str, fmt: str = "table") -> None:
         sys.stdout.write(table.to_json(orient="records", indent=2) + "\n")
     else:
         print(format_table(table, protocol))
+        _print_references(ctx.store)
+
+
+def _print_references(store) -> None:
+    from results.interop import reference_table
+
+    references = reference_table(store)
+    if not references.empty:
+        print("\nReported elsewhere, not re-evaluated (imported model_info files):")
+        print(references.to_string(index=False, float_format=lambda v: f"{v:.2f}", na_rep="-"))
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -205,10 +253,23 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from bench.runner import ensure_evaluated
     from bench.suite import load_protocol
 
+    if (args.checkpoint is None) == (args.model_factory is None):
+        raise ConfigError("give a checkpoint folder or --model-factory with --weights (not both)")
+    if (args.model_factory is None) != (args.weights is None):
+        raise ConfigError("--model-factory and --weights go together")
     protocol = load_protocol(args.protocol)
     ctx = _context(args)
-    model, checkpoint = load_checkpoint(args.checkpoint, ctx.device)
     dataset = load_dataset(protocol.dataset, ctx.data_root)
+    if args.model_factory:
+        from bench.runner import store_external
+
+        model, checkpoint, checkpoint_id = store_external(args.model_factory, args.weights,
+                                                          _json_object(args.factory_kwargs, "--factory-kwargs"),
+                                                          args.label or args.weights.stem, dataset, ctx)
+    else:
+        model, checkpoint = load_checkpoint(args.checkpoint, ctx.device)
+        checkpoint_id = ctx.store.add_checkpoint(None, checkpoint.sha256, str(checkpoint.path), checkpoint.meta,
+                                                 final=True)
     if checkpoint.meta["dataset"].get("fingerprint") not in (None, dataset.fingerprint()):
         logging.getLogger("advarena").warning("checkpoint was trained on other data than %s", dataset.name)
     sources = {}
@@ -220,11 +281,21 @@ def cmd_eval(args: argparse.Namespace) -> None:
         source_id = ctx.store.add_checkpoint(None, source_ckpt.sha256, str(source_ckpt.path),
                                              source_ckpt.meta, final=True)
         sources[role] = SourceModel(source_model, source_ckpt.sha256, source_id)
-    checkpoint_id = ctx.store.add_checkpoint(None, checkpoint.sha256, str(checkpoint.path), checkpoint.meta,
-                                             final=True)
     label = checkpoint.meta.get("label", checkpoint.path.name)
     ran = ensure_evaluated(model, checkpoint, checkpoint_id, dataset, protocol, sources, ctx, label)
     print(f"{label}: {'evaluated' if ran else 'already evaluated'} under {protocol.name} v{protocol.version}")
+
+
+def _json_object(text: str, option: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{option} expects a JSON object, got {text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{option} expects a JSON object, got {type(value).__name__}")
+    return value
 
 
 def cmd_perf(args: argparse.Namespace) -> None:
@@ -315,6 +386,31 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 3 if differs else 0
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from results.interop import export_model_info, reference_infos, write_model_info
+
+    ctx = _context(args)
+    out = args.out or ctx.workdir / "model_info"
+    if args.references:
+        infos = reference_infos(ctx.store)
+        if not infos:
+            raise ConfigError(f"no reference rows in {ctx.store.url}; import some with 'advarena import-reference'")
+        written = [write_model_info(out, info) for info in infos]
+    else:
+        written = export_model_info(ctx.store, args.protocol, out, args.attack)
+    for path in written:
+        print(path)
+
+
+def cmd_import_reference(args: argparse.Namespace) -> None:
+    from results.interop import import_model_info
+
+    ctx = _context(args)
+    ids = import_model_info(ctx.store, args.paths)
+    print(f"imported {len(ids)} reference row(s) (reported, not re-evaluated)")
+    _print_references(ctx.store)
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from bench.suite import shipped_names
 
@@ -344,7 +440,8 @@ def _registry(kind: str):
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard,
-            "report": cmd_report, "audit": cmd_audit, "list": cmd_list, "perf": cmd_perf}
+            "report": cmd_report, "audit": cmd_audit, "list": cmd_list, "perf": cmd_perf, "export": cmd_export,
+            "import-reference": cmd_import_reference}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,6 +450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(message)s", stream=sys.stderr)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
+        from bench.plugins import discover_entry_points, load_plugins
+
+        discover_entry_points()
+        load_plugins(getattr(args, "plugin", []), [Path.cwd()])
         status = COMMANDS[args.command](args)
     except AdvarenaError as err:
         print(f"advarena: error: {err}", file=sys.stderr)

@@ -48,6 +48,11 @@ def environment_record(device: torch.device) -> dict[str, Any]:
     """What produced a result: versions, device, threads and the harness commit."""
     from bench import __version__
 
-    return {"advarena": __version__, "commit": harness_commit(), "python": platform.python_version(),
-            "platform": platform.platform(), "packages": package_versions(),
-            "device": describe_device(device), "threads": torch.get_num_threads()}
+    from bench.plugins import LOADED
+
+    record = {"advarena": __version__, "commit": harness_commit(), "python": platform.python_version(),
+              "platform": platform.platform(), "packages": package_versions(),
+              "device": describe_device(device), "threads": torch.get_num_threads()}
+    if LOADED:  # third-party code that registered defenses, models or attacks
+        record["plugins"] = list(LOADED)
+    return record

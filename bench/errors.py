@@ -31,3 +31,7 @@ class CheckpointError(AdvarenaError, ValueError):
 
 class TrainingDivergedError(AdvarenaError, FloatingPointError):
     """A training loss became NaN or infinite."""
+
+
+class PluginError(AdvarenaError, ImportError):
+    """A plugin module that cannot be imported, or that registers a name already taken."""

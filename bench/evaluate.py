@@ -22,7 +22,8 @@ from bench.suite import AttackSpec, Protocol
 
 @dataclass(frozen=True)
 class SourceModel:
-    """A transfer source: the surrogate model and its checkpoint sha256."""
+    """A network an attack runs: a transfer surrogate or a trained attacker, with its checkpoint's
+    sha256 and the id of the stored checkpoint it belongs to (the attacker's classifier)."""
 
     model: nn.Module
     sha256: str
@@ -42,16 +43,15 @@ def subset_hash(indices: np.ndarray) -> str:
 
 
 def build_attack(spec: AttackSpec, sources: dict[str, SourceModel]) -> Attack:
-    """Instantiate a protocol attack; a transfer attack gets its source model here."""
-    if spec.attack != "transfer":
+    """Instantiate a protocol attack; one that runs a trained network of the suite (a transfer
+    source, a learned attacker) gets it from ``sources`` by the spec's ``source`` name."""
+    if spec.source is None:
         return ATTACKS.create(spec.attack, **spec.params)
     if spec.source not in sources:
-        raise ConfigError(f"attack {spec.id!r} needs surrogate {spec.source!r}, which the suite does "
-                          f"not define (defined: {sorted(sources) or 'none'})")
+        raise ConfigError(f"attack {spec.id!r} needs {spec.source_kind} {spec.source!r}, which the suite does "
+                          f"not provide (provided: {sorted(sources) or 'none'})")
     source = sources[spec.source]
-    return ATTACKS.create("transfer", base=spec.params["base"],
-                          base_params=spec.params.get("base_params", {}),
-                          source_model=source.model, source_id=source.sha256)
+    return ATTACKS.create(spec.attack, **spec.params, source_model=source.model, source_id=source.sha256)
 
 
 #: Bump when a change to the evaluator changes what a given evaluation stores (2: a point is

@@ -11,10 +11,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bench.checkpoints import Checkpoint, load_checkpoint, read_checkpoint, save_checkpoint, verify_checkpoint
+from attacks import ATTACKS
+from bench.checkpoints import (Checkpoint, load_aux, load_checkpoint, read_checkpoint, save_checkpoint,
+                              verify_checkpoint)
 from bench.datasets import Dataset, load_dataset
 from bench.environment import environment_record
-from bench.errors import AdvarenaError, CheckpointError
+from bench.errors import AdvarenaError, CheckpointError, ConfigError
 from bench.evaluate import SourceModel, build_attack, eval_subset, evaluate_model, evaluation_key, subset_hash
 from bench.jobs import TrainJob, plan_training
 from bench.models import build_model
@@ -118,7 +120,7 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
         meta["early_stop"] = {"stopped_at_epoch": result.epochs[-1].epoch, "kept_epoch": result.kept_epoch}
         log.warning("%s: early stop at epoch %d (collapse); keeping epoch %d", job.label,
                     result.epochs[-1].epoch, result.kept_epoch)
-    meta["aux"] = {name: _save_aux(folder / f"aux-{name}", name, module, meta)
+    meta["aux"] = {name: _save_aux(folder / f"aux-{name}", name, module, meta, result.aux_arch.get(name))
                    for name, module in result.aux.items()}
     final = save_checkpoint(folder / "final", result.model, meta)
     checkpoint_id = ctx.store.add_checkpoint(run_id, final.sha256, str(final.path), final.meta, final=True)
@@ -128,10 +130,13 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     return TrainedModel(job, checkpoint_id, final.path, final.sha256)
 
 
-def _save_aux(folder: Path, name: str, module: nn.Module, meta: dict) -> dict[str, str]:
-    """Save an auxiliary network (weights + meta, like a checkpoint) beside the classifier."""
-    saved = save_checkpoint(folder, module, {**meta, "arch": f"aux:{name}", "aux_of": meta["label"],
-                                             "aux_class": type(module).__qualname__})
+def _save_aux(folder: Path, name: str, module: nn.Module, meta: dict,
+              arch: tuple[str, dict] | None) -> dict[str, str]:
+    """Save an auxiliary network (weights + meta, like a checkpoint) beside the classifier; one with
+    a registered architecture loads back with ``load_checkpoint``."""
+    arch_name, arch_params = arch if arch is not None else (f"aux:{name}", {})
+    saved = save_checkpoint(folder, module, {**meta, "arch": arch_name, "arch_params": arch_params,
+                                             "aux_of": meta["label"], "aux_class": type(module).__qualname__})
     return {"path": str(saved.path), "sha256": saved.sha256}
 
 
@@ -178,14 +183,35 @@ def train_suite(suite: Suite, dataset: Dataset, dataset_id: int,
     return defenses, surrogates
 
 
-def run_suite(suite: Suite, protocol: Protocol, ctx: Context) -> None:
-    """``advarena run``: train what is missing, then evaluate every defense under the protocol."""
-    dataset, dataset_id = load_suite_dataset(protocol, ctx)
-    defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
+def attack_sources(suite: Suite, defenses: list[TrainedModel], surrogates: dict[str, TrainedModel],
+                   device: torch.device) -> dict[str, SourceModel]:
+    """The trained networks the suite's and protocol's attacks run: every surrogate by role, and
+    each learned attacker a suite attack names, by its defense job's label."""
     sources = {}
     for role, trained in surrogates.items():
-        source_model, _ = _load(trained, ctx.device)
+        source_model, _ = _load(trained, device)
         sources[role] = SourceModel(source_model, trained.sha256, trained.checkpoint_id)
+    by_label = {trained.job.label: trained for trained in defenses}
+    for spec in suite.attacks:
+        if spec.source_kind != "defense":
+            continue
+        trained = by_label.get(str(spec.source))
+        if trained is None:
+            raise ConfigError(f"attack {spec.id!r}: no trained job is labelled {spec.source!r} (jobs: "
+                              f"{sorted(by_label)})")
+        network, checkpoint = load_aux(trained.checkpoint_path, ATTACKS.get(spec.attack).metadata["learned_aux"],
+                                       device)
+        sources[str(spec.source)] = SourceModel(network, checkpoint.sha256, trained.checkpoint_id)
+    return sources
+
+
+def run_suite(suite: Suite, protocol: Protocol, ctx: Context) -> None:
+    """``advarena run``: train what is missing, then evaluate every defense under the protocol
+    plus the suite's own attacks."""
+    dataset, dataset_id = load_suite_dataset(protocol, ctx)
+    defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
+    sources = attack_sources(suite, defenses, surrogates, ctx.device)
+    protocol = protocol.with_attacks(suite.attacks)
     for trained in defenses:
         model, checkpoint = _load(trained, ctx.device)
         ensure_evaluated(model, checkpoint, trained.checkpoint_id, dataset, protocol, sources, ctx,
@@ -195,3 +221,33 @@ def run_suite(suite: Suite, protocol: Protocol, ctx: Context) -> None:
                 epoch_model, epoch_checkpoint = _load_stored(row.path, row.sha256, ctx.device)
                 ensure_evaluated(epoch_model, epoch_checkpoint, row.id, dataset, protocol, sources, ctx,
                                  f"{trained.job.label} epoch {row.epoch}")
+
+
+def store_external(spec: str, weights: Path, kwargs: dict, label: str, dataset: Dataset,
+                   ctx: Context) -> tuple[nn.Module, Checkpoint, int]:
+    """Register a model trained elsewhere: load it (``bench.external``), copy it into an advarena
+    checkpoint, and store a finished run marked ``defense: external`` (once per weights file)."""
+    from bench.evaluate import predict
+    from bench.external import external_key, external_provenance, load_external, save_external
+
+    model, weights_sha = load_external(spec, weights, kwargs, dataset, ctx.device)
+    provenance = external_provenance(spec, kwargs, weights, weights_sha)
+    key = external_key(provenance, dataset.fingerprint())
+    dataset_id = ctx.store.dataset_id(dataset.fingerprint(), dataset.describe())
+    done = ctx.store.finished_run(key)
+    row = ctx.store.final_checkpoint(done.id) if done is not None else None
+    if row is not None:
+        stored, checkpoint = _load_stored(row.path, row.sha256, ctx.device)
+        return stored, checkpoint, row.id
+    x, y = dataset.x_test.to(ctx.device), dataset.y_test.to(ctx.device)
+    benign = float((predict(model, x, 250) == y).float().mean())
+    run_id = ctx.store.start_run(key, label=label, role="defense", defense="external", hparams=provenance,
+                                 arch="external", arch_params={}, dataset_id=dataset_id, seed=0, entry=label,
+                                 sweep=None, environment=environment_record(ctx.device))
+    checkpoint = save_external(ctx.workdir / "checkpoints" / f"{label}-{key[:12]}", model, provenance, label,
+                               dataset, benign)
+    checkpoint_id = ctx.store.add_checkpoint(run_id, checkpoint.sha256, str(checkpoint.path), checkpoint.meta,
+                                             final=True)
+    ctx.store.finish_run(run_id, 0.0)
+    log.info("%s: external model from %s stored (benign accuracy %.2f%%)", label, spec, 100 * benign)
+    return model, checkpoint, checkpoint_id

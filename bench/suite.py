@@ -29,11 +29,19 @@ class AttackSpec(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_.@+-]+$", max_length=64)
     attack: str
     params: dict[str, Any] = Field(default_factory=dict)
-    #: Transfer attacks only: the suite surrogate role whose model crafts the adversarials.
+    #: Attacks that run a trained network of the suite: a transfer attack's surrogate role, or the
+    #: defense entry whose run saved a learned attacker (``pgn-generator``, ``l2l-attacker``).
     source: str | None = None
     #: Further eps values at which a bounded attack also runs (accuracy-vs-eps curves); each is
     #: stored as its own attack row ``ID@EPS`` marked as this attack's grid.
     eps_grid: list[float] = Field(default_factory=list)
+
+    @property
+    def source_kind(self) -> str | None:
+        """What ``source`` must name: "surrogate", "defense" or None (a self-contained attack)."""
+        from attacks import ATTACKS
+
+        return ATTACKS.get(self.attack).metadata.get("source")
 
     @model_validator(mode="after")
     def _check(self) -> "AttackSpec":
@@ -45,17 +53,20 @@ class AttackSpec(_Strict):
                              f"{self.attack!r} with params {sorted(self.params)}")
         if any(e <= 0 for e in self.eps_grid) or len(set(self.eps_grid)) != len(self.eps_grid):
             raise ValueError(f"eps_grid values must be positive and distinct, got {self.eps_grid}")
+        if self.source_kind is None:
+            if self.source is not None:
+                raise ValueError(f"'source' is only for attacks that run a trained network of the suite, "
+                                 f"not {self.attack!r}")
+            ATTACKS.create(self.attack, **self.params)
+            return self
+        if not self.source:
+            raise ValueError(f"attack {self.attack!r} needs 'source' (a {self.source_kind} of the suite)")
+        ATTACKS.check_params(self.attack, self.params, reserved=("source_model", "source_id"))
         if self.attack == "transfer":
-            if not self.source:
-                raise ValueError("a transfer attack needs 'source' (a surrogate role of the suite)")
             extra = set(self.params) - {"base", "base_params"}
             if extra or "base" not in self.params:
                 raise ValueError(f"transfer params are 'base' and 'base_params', got {sorted(self.params)}")
             ATTACKS.create(self.params["base"], **self.params.get("base_params", {}))
-        else:
-            if self.source is not None:
-                raise ValueError(f"'source' is only for transfer attacks, not {self.attack!r}")
-            ATTACKS.create(self.attack, **self.params)
         return self
 
     @property
@@ -99,6 +110,14 @@ class Protocol(_Strict):
         if duplicates:
             raise ValueError(f"attack ids must be unique, repeated: {duplicates}")
         return attacks
+
+    def with_attacks(self, extra: list[AttackSpec]) -> "Protocol":
+        """This protocol with a suite's own attacks appended (same name and version; the stored
+        evaluation records the whole list, and ids must stay unique)."""
+        if not extra:
+            return self
+        dumped = self.model_dump()
+        return Protocol.model_validate({**dumped, "attacks": [*dumped["attacks"], *(a.model_dump() for a in extra)]})
 
     def expanded_attacks(self) -> list[tuple[AttackSpec, str | None]]:
         """Every attack the evaluator runs: (spec, the id whose eps grid it belongs to or None)."""
@@ -189,8 +208,15 @@ class Suite(_Strict):
     #: Also evaluate every saved epoch checkpoint (points for benign-accuracy matching); needs
     #: ``save_every_epoch``.
     evaluate_every_epoch: bool = False
+    #: Modules imported before the rest is validated; they register defenses, models and attacks
+    #: (``bench.plugins``). Looked up on the Python path and in the suite file's folder.
+    plugins: list[str] = Field(default_factory=list)
     defenses: list[TrainSpec] = Field(min_length=1)
     surrogates: dict[str, SurrogateSpec] = Field(default_factory=dict)
+    #: Attacks this suite adds to its protocol's, run on every defense of the suite: e.g. the
+    #: learned attackers its own entries trained (``source``: the entry's label, ``label@knob=v``
+    #: for a point of a sweep).
+    attacks: list[AttackSpec] = Field(default_factory=list)
 
     @field_validator("training")
     @classmethod
@@ -210,6 +236,11 @@ class Suite(_Strict):
     def _epoch_evaluation_needs_epoch_checkpoints(self) -> "Suite":
         if self.evaluate_every_epoch and not self.save_every_epoch:
             raise ValueError("evaluate_every_epoch needs save_every_epoch: true")
+        return self
+
+    @model_validator(mode="after")
+    def _attack_sources(self) -> "Suite":
+        _check_attack_sources(self)
         return self
 
     @model_validator(mode="after")
@@ -234,6 +265,30 @@ class Suite(_Strict):
         return self
 
 
+def _check_attack_sources(suite: Suite) -> None:
+    """Each suite attack's ``source`` names a surrogate role, or a defense entry whose defense
+    saves the network the attack replays."""
+    from attacks import ATTACKS
+    from defenses import DEFENSES
+
+    entries = {d.label or d.defense: d for d in suite.defenses}
+    for spec in suite.attacks:
+        if spec.source_kind == "surrogate":
+            if spec.source not in suite.surrogates:
+                raise ValueError(f"attack {spec.id!r}: surrogate {spec.source!r} is not defined "
+                                 f"(roles: {sorted(suite.surrogates) or 'none'})")
+        elif spec.source_kind == "defense":
+            entry = entries.get(str(spec.source).split("@")[0])
+            if entry is None:
+                raise ValueError(f"attack {spec.id!r}: source {spec.source!r} is not a defense entry of the suite "
+                                 f"(labels: {sorted(entries)})")
+            needed = ATTACKS.get(spec.attack).metadata["learned_aux"]
+            saved = DEFENSES.get(entry.defense).metadata.get("aux", ())
+            if needed not in saved:
+                raise ValueError(f"attack {spec.id!r} replays a trained {needed!r}, which defense "
+                                 f"{entry.defense!r} does not train (it saves: {list(saved) or 'none'})")
+
+
 def _format_validation(source: str, err: ValidationError) -> str:
     lines = [f"{source}: {err.error_count()} problem(s)"]
     for problem in err.errors():
@@ -249,7 +304,10 @@ def _load_yaml(path_or_name: str, kind: str) -> tuple[str, dict[str, Any]]:
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
             raise ConfigError(f"{kind} file {path} does not exist")
-        text, source = path.read_text(), str(path)
+        try:
+            text, source = path.read_text(), str(path)
+        except (OSError, UnicodeDecodeError) as err:
+            raise ConfigError(f"{kind} file {path} cannot be read: {err}") from None
     else:
         shipped = resources.files(CONFIG_PACKAGE) / f"{kind}s" / f"{path_or_name}.yaml"
         if not shipped.is_file():
@@ -284,4 +342,13 @@ def load_protocol(name_or_path: str) -> Protocol:
 
 
 def load_suite(name_or_path: str) -> Suite:
-    return _validate(Suite, *_load_yaml(name_or_path, "suite"))
+    """Read and validate a suite; its ``plugins`` are imported first (so their names validate)."""
+    from bench.plugins import load_plugins
+
+    source, data = _load_yaml(name_or_path, "suite")
+    plugins = data.get("plugins", [])
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        raise ConfigError(f"{source}: plugins must be a list of module names, got {plugins!r}")
+    folder = Path(name_or_path).resolve().parent if Path(name_or_path).is_file() else None
+    load_plugins(plugins, [folder] if folder else [])
+    return _validate(Suite, source, data)

@@ -96,6 +96,9 @@ class TrainResult:
     aux: dict[str, nn.Module] = field(default_factory=dict)
     #: Set when the early stop fired: the epoch whose weights were restored and returned.
     kept_epoch: int | None = None
+    #: Per auxiliary network, its registered architecture and parameters (``bench.models``), so
+    #: its checkpoint rebuilds it; networks without one are saved as ``aux:NAME``.
+    aux_arch: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def final_record(self) -> EpochRecord:
@@ -138,6 +141,11 @@ class EpochContext:
 
 class EpochCallback(Protocol):
     def __call__(self, epoch: int, model: nn.Module, record: EpochRecord) -> None: ...
+
+
+def seed_from(generator: torch.Generator) -> int:
+    """A seed drawn from the run's generator (for initializing auxiliary networks reproducibly)."""
+    return int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator, device=generator.device))
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
@@ -191,8 +199,10 @@ class Trainer(ABC):
         common.validate()
         self.common = common
         self.params = params
-        #: Auxiliary networks trained with the classifier (created by ``setup``).
+        #: Auxiliary networks trained with the classifier (created by ``setup``), and the registered
+        #: architecture of each that has one.
         self.aux: dict[str, nn.Module] = {}
+        self.aux_arch: dict[str, tuple[str, dict[str, Any]]] = {}
 
     def hparams(self) -> dict[str, Any]:
         """Every hyper-parameter, defaults filled in (hashed into the training job's key)."""
@@ -222,6 +232,15 @@ class Trainer(ABC):
 
     def after_step(self, model: nn.Module, ctx: BatchContext) -> None:
         """Called after every optimizer step (e.g. a retraction of the weights)."""
+
+    def evaluation_model(self, model: nn.Module) -> nn.Module:
+        """The network whose test accuracy each epoch records and that epoch checkpoints hold
+        (an exponential moving average of ``model`` for defenses that evaluate one)."""
+        return model
+
+    def finish(self, model: nn.Module) -> None:
+        """Called once after the last epoch, before ``fit`` returns ``model`` and ``self.aux``
+        (e.g. to load averaged weights into them)."""
 
     def end_epoch(self, model: nn.Module, ctx: EpochContext) -> dict[str, Any]:
         """Per-epoch statistics stored with the epoch; ``{"collapsed": True}`` stops training and
@@ -271,7 +290,8 @@ class Trainer(ABC):
                 epoch, tally.loss / tally.seen,
                 tally.clean_hits / tally.clean_seen if tally.clean_seen else accuracy(model, x_train, y_train),
                 tally.adv_hits / tally.adv_seen if tally.adv_seen else None,
-                accuracy(model, x_test, y_test), seconds, ctx.counter.forward, ctx.counter.backward,
+                accuracy(self.evaluation_model(model), x_test, y_test), seconds, ctx.counter.forward,
+                ctx.counter.backward,
                 extra or None)
             if not math.isfinite(record.loss):
                 raise TrainingDivergedError(f"{self.name}: epoch {epoch} mean loss is {record.loss}")
@@ -281,17 +301,18 @@ class Trainer(ABC):
                 record.extra = {**extra, "restored_epoch": kept_epoch}
             records.append(record)
             for callback in callbacks:
-                callback(epoch, model, record)
+                callback(epoch, self.evaluation_model(model), record)
             if collapsed:
                 self._restore(model, snapshot)
                 break
             if self.detects_collapse and extra.get("keep_weights", True):
                 snapshot, snapshot_epoch = self._snapshot(model), epoch
         optimizer.zero_grad(set_to_none=True)
+        self.finish(model)
         model.eval()
         for module in self.aux.values():
             module.eval()
-        return TrainResult(model, records, dict(self.aux), kept_epoch)
+        return TrainResult(model, records, dict(self.aux), kept_epoch, dict(self.aux_arch))
 
     def _run_epoch(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
                    shuffle: torch.Generator, ctx: BatchContext, optimizer: torch.optim.Optimizer,
@@ -306,8 +327,8 @@ class Trainer(ABC):
         for number, begin in enumerate(batches):
             ctx.index = order[begin:begin + bs]
             ctx.progress = ctx.epoch - 1 + number / batches_per_epoch
-            for group in optimizer.param_groups:
-                group["lr"] = self.common.lr_at(ctx.progress)
+            for group in optimizer.param_groups:  # a group may run at a multiple of the rate
+                group["lr"] = self.common.lr_at(ctx.progress) * group.get("lr_scale", 1.0)
             x, y = x_train[ctx.index], y_train[ctx.index]
             tally.add(self.train_batch(model, x, y, ctx, optimizer), y)
         return tally

@@ -19,6 +19,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 
 from results import curves, tables
 from results.frames import StoreFrames, load_frames
+from results.interop import reference_table
 from results.store import Store
 
 
@@ -105,6 +106,12 @@ def write_report(store: Store, protocol: str, out: Path, matching: tables.Matchi
     if frames.checkpoints.empty:
         raise ValueError(f"no evaluations stored under protocol {protocol!r}; run 'advarena run' first")
     sections = build_sections(frames, matching, fgs_reference)
+    references = reference_table(store)
+    if not references.empty:
+        sections.append(Section("reported", "Reported elsewhere, not re-evaluated",
+                                "Imported RobustBench model_info files: their own numbers under their own "
+                                "protocols, shown for orientation; advarena has not attacked these models.",
+                                references))
     write_tables(sections, out / "tables")
     figures = curves.draw_all(frames, out / "figures")
     env = Environment(loader=PackageLoader("results", "templates"), autoescape=select_autoescape(["html"]),

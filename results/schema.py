@@ -176,3 +176,23 @@ class AuditRow(Base):
     environment_diff: Mapped[dict[str, Any]]
     environment: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class ReferenceRow(Base):
+    """A result reported elsewhere (a RobustBench model_info file), shown beside our evaluations
+    and marked "reported, not re-evaluated"; ``info`` keeps the file's fields as given."""
+
+    __tablename__ = "reference_results"
+    __table_args__ = (UniqueConstraint("name", "dataset", "threat_model", "eps", name="uq_reference_entry"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(256))
+    dataset: Mapped[str] = mapped_column(String(64))
+    threat_model: Mapped[str] = mapped_column(String(32))     # Linf / L2 / corruptions
+    eps: Mapped[Optional[str]] = mapped_column(String(32))      # as written, e.g. "8/255"
+    clean_accuracy: Mapped[float] = mapped_column(Float)         # fractions
+    robust_accuracy: Mapped[Optional[float]] = mapped_column(Float)
+    architecture: Mapped[Optional[str]] = mapped_column(String(128))
+    additional_data: Mapped[Optional[bool]] = mapped_column(Boolean)
+    source: Mapped[str] = mapped_column(Text)
+    info: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime] = mapped_column(DateTime)

@@ -37,7 +37,8 @@ def make(name, params, source=None):
 
 
 def test_registry_is_covered():
-    assert {name for name, _ in BOUNDED + MINIMUM_NORM} | {"transfer"} == set(ATTACKS)
+    # attacks that run a trained network of a suite: test_learned_attackers.py and the transfer tests
+    assert {name for name, _ in BOUNDED + MINIMUM_NORM} | {"transfer", "pgn-generator", "l2l-attacker"} == set(ATTACKS)
 
 
 @pytest.fixture()

@@ -42,7 +42,7 @@ def test_bad_suite_fields_name_their_path(tmp_path, text, message):
 @pytest.mark.parametrize("attack,message", [
     ("{id: a, attack: pgd, params: {eps: 0.3, stepz: 3}}", "attacks.0: attack 'pgd' got unknown parameter"),
     ("{id: a, attack: transfer, params: {base: pgd}}", "needs 'source'"),
-    ("{id: a, attack: fgsm, source: s}", "only for transfer"),
+    ("{id: a, attack: fgsm, source: s}", "'source' is only for attacks that run a trained network"),
 ])
 def test_bad_protocol_attacks(tmp_path, attack, message):
     path = tmp_path / "p.yaml"

@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from bench.audit.masking import Flag, Reattack, masking_flags
-from bench.checkpoints import WEIGHTS_FILE, file_sha256, load_checkpoint, read_checkpoint
+from attacks import ATTACKS
+from bench.checkpoints import WEIGHTS_FILE, file_sha256, load_aux, load_checkpoint, read_checkpoint
 from bench.datasets import load_dataset
 from bench.environment import environment_record
 from bench.errors import AdvarenaError
@@ -166,8 +167,12 @@ def _rerun(store: Store, spec, stored: dict[str, Any] | None, model, x, y, clean
             source = session.get(CheckpointRow, stored["source_checkpoint_id"]) if stored["source_checkpoint_id"] else None
             source_path, source_sha = (source.path, source.sha256) if source else (None, None)
         if source_path is None:
-            return AuditItem(name, CANNOT_CHECK, "its transfer source checkpoint is not stored")
-        source_model, _ = load_checkpoint(source_path, device)
+            return AuditItem(name, CANNOT_CHECK, "its source checkpoint is not stored")
+        if spec.source_kind == "defense":  # a learned attacker saved beside that classifier
+            source_model, aux = load_aux(source_path, ATTACKS.get(spec.attack).metadata["learned_aux"], device)
+            source_sha = aux.sha256
+        else:
+            source_model, _ = load_checkpoint(source_path, device)
         sources[spec.source] = SourceModel(source_model, source_sha)
     attack = build_attack(spec, sources)
     if attack.key() != stored["attack_key"]:
