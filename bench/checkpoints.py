@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from bench.errors import CheckpointError
+from bench.errors import AdvarenaError, CheckpointError
 from bench.models import build_model
 
 WEIGHTS_FILE = "weights.safetensors"
@@ -53,7 +53,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write(path: Path, write: Any) -> None:
+def atomic_write(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -74,13 +74,13 @@ def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any]) -> Che
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS_FILE
-    _atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     full_meta = {"format": META_FORMAT, **meta, "sha256": file_sha256(weights)}
     missing = [k for k in REQUIRED_META if k not in full_meta]
     if missing:
         raise CheckpointError(f"checkpoint meta lacks {missing}")
     text = json.dumps(full_meta, indent=2, sort_keys=True)
-    _atomic_write(folder / META_FILE, lambda tmp: tmp.write_text(text))
+    atomic_write(folder / META_FILE, lambda tmp: tmp.write_text(text))
     return Checkpoint(folder, full_meta)
 
 
@@ -113,7 +113,13 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> t
     """Verify, build and load a checkpoint; the model is returned in eval mode on ``device``."""
     checkpoint = read_checkpoint(folder)
     verify_checkpoint(checkpoint)
-    model = checkpoint.build()
+    try:
+        model = checkpoint.build()
+    except AdvarenaError:
+        raise
+    except Exception as err:  # the recorded architecture cannot take the recorded input shape
+        raise CheckpointError(f"{checkpoint.path}: cannot build architecture {checkpoint.meta['arch']!r} for input "
+                              f"{tuple(checkpoint.meta['input_shape'])}: {str(err).splitlines()[0]}") from None
     state = load_file(str(checkpoint.path / WEIGHTS_FILE))
     try:
         model.load_state_dict(state, strict=True)

@@ -35,6 +35,22 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
 
 
+def _add_executor(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("how jobs run")
+    group.add_argument("--executor", default="local", choices=["local", "ray"],
+                       help="local: one job after another in this process, with progress bars; ray: every "
+                            "training and evaluation job a Ray task (default: %(default)s)")
+    group.add_argument("--address", default=None, metavar="ADDR",
+                       help="Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local Ray "
+                            "instance); the store must be one every node reaches (--db postgresql://...)")
+    group.add_argument("--ray-cpus", type=int, default=None, metavar="N",
+                       help="CPUs of the local Ray instance (default: all of this machine's)")
+    group.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",
+                       help="CPUs each Ray task asks for; it runs torch with that many threads unless "
+                            "--threads is given (default: %(default)s); a task asks for 1 GPU when the device "
+                            "is cuda")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="advarena",
@@ -49,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="shipped suite name or path to a suite .yaml (default: %(default)s)")
     run.add_argument("--protocol", default=None,
                      help="override the suite's protocol: shipped name or path to a .yaml")
+    _add_executor(run)
     _add_common(run)
 
     train = sub.add_parser("train", help="train the suite's missing defenses and surrogates only",
@@ -56,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "not stored yet; evaluate nothing.")
     train.add_argument("suite", nargs="?", default="default",
                        help="shipped suite name or path to a suite .yaml (default: %(default)s)")
+    _add_executor(train)
     _add_common(train)
 
     evaluate = sub.add_parser("eval", help="evaluate one checkpoint under a protocol and store the results",
@@ -229,9 +247,37 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     suite = load_suite(args.suite)
     protocol = load_protocol(args.protocol or suite.protocol)
+    _check_executor(args)
     ctx = _context(args)
-    run_suite(suite, protocol, ctx)
+    if args.executor == "ray":
+        from bench.ray_executor import run_suite_on_ray
+
+        run_suite_on_ray(suite, protocol, ctx, _worker_settings(args, ctx), args.address, args.ray_cpus,
+                         args.cpus_per_task)
+    else:
+        run_suite(suite, protocol, ctx)
     _print_leaderboard(ctx, protocol.name)
+
+
+def _check_executor(args: argparse.Namespace) -> None:
+    if args.executor == "local" and (args.address is not None or args.ray_cpus is not None):
+        raise ConfigError("--address and --ray-cpus are options of --executor ray")
+    if args.cpus_per_task <= 0 or (args.ray_cpus is not None and args.ray_cpus < 1):
+        raise ConfigError(f"--cpus-per-task must be > 0 and --ray-cpus >= 1, got {args.cpus_per_task} and "
+                          f"{args.ray_cpus}")
+    if args.executor == "ray" and args.address and (args.db is None or args.db.startswith("sqlite")):
+        logging.getLogger("advarena").warning(
+            "a Ray cluster with an SQLite store: every node must see %s on a shared filesystem; PostgreSQL "
+            "(--db postgresql://...) is the safe choice", args.db or "the workdir's advarena.db")
+
+
+def _worker_settings(args: argparse.Namespace, ctx):
+    from bench.plugins import LOADED, SEARCH_PATH
+    from bench.ray_executor import WorkerSettings
+
+    return WorkerSettings(db_url=ctx.store.url, workdir=str(ctx.workdir), data_root=args.data_root,
+                          device=ctx.device.type, threads=args.threads or max(1, int(args.cpus_per_task)),
+                          plugins=tuple(LOADED), plugin_paths=tuple(SEARCH_PATH))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -239,10 +285,19 @@ def cmd_train(args: argparse.Namespace) -> None:
     from bench.suite import load_protocol, load_suite
 
     suite = load_suite(args.suite)
+    protocol = load_protocol(suite.protocol)
+    _check_executor(args)
     ctx = _context(args)
-    dataset, dataset_id = load_suite_dataset(load_protocol(suite.protocol), ctx)
-    defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
-    for trained in [*surrogates.values(), *defenses]:
+    if args.executor == "ray":
+        from bench.ray_executor import run_suite_on_ray
+
+        trained_models = run_suite_on_ray(suite, protocol, ctx, _worker_settings(args, ctx), args.address,
+                                          args.ray_cpus, args.cpus_per_task, evaluate=False)
+    else:
+        dataset, dataset_id = load_suite_dataset(protocol, ctx)
+        defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
+        trained_models = [*surrogates.values(), *defenses]
+    for trained in trained_models:
         print(f"{trained.job.label}: {trained.checkpoint_path}")
 
 

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import difflib
+from typing import Iterable
+
+
+def did_you_mean(given: object, choices: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` naming up to three close matches of ``given``, or ``""``."""
+    close = difflib.get_close_matches(str(given), list(choices), n=3, cutoff=0.5)
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+
 
 class AdvarenaError(Exception):
     """Base class of every error advarena reports to a user as one clear message."""

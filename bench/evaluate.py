@@ -3,9 +3,13 @@ fixed eval subset, and return per-attack aggregates plus per-example rows ready 
 
 from __future__ import annotations
 
+import json
+import logging
+import shutil
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +22,8 @@ from attacks.base import canonical_hash
 from bench.datasets import Dataset
 from bench.errors import ConfigError
 from bench.suite import AttackSpec, Protocol
+
+log = logging.getLogger("advarena")
 
 
 @dataclass(frozen=True)
@@ -106,10 +112,42 @@ def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tenso
             **{name: torch.cat(values) if values else None for name, values in parts.items()}}
 
 
+class PartialRows:
+    """Each finished attack's row, kept in a folder until the whole evaluation is stored, so that an
+    evaluation interrupted after some attacks resumes from the next one. The folder is named by the
+    evaluation's content key, so a kept row is only ever reused for the same checkpoint, protocol,
+    subset and attacks; rows are written atomically (temp file + rename)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def _file(self, position: int, attack_id: str) -> Path:
+        return self.folder / f"{position:03d}-{canonical_hash(attack_id)[:12]}.json"
+
+    def get(self, position: int, attack_id: str) -> dict[str, Any] | None:
+        path = self._file(position, attack_id)
+        try:
+            row = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return row if row.get("attack_id") == attack_id else None
+
+    def keep(self, position: int, row: dict[str, Any]) -> None:
+        from bench.checkpoints import atomic_write
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(row)
+        atomic_write(self._file(position, row["attack_id"]), lambda tmp: tmp.write_text(text))
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
                    sources: dict[str, SourceModel], device: torch.device, progress: bool = True,
-                   label: str = "") -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Attack ``model`` with every protocol attack; returns (evaluation fields, attack rows)."""
+                   label: str = "", partial: PartialRows | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Attack ``model`` with every protocol attack; returns (evaluation fields, attack rows). With
+    ``partial``, each attack's row is kept as it finishes and a row kept earlier is reused."""
     indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
     x = dataset.x_test[indices].to(device)
     y = dataset.y_test[indices].to(device)
@@ -120,12 +158,19 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     specs = protocol.expanded_attacks()
     attacks = {spec.id: build_attack(spec, sources) for spec, _ in specs}
     rows = []
-    for spec, grid_of in specs:
+    for position, (spec, grid_of) in enumerate(specs):
+        kept = partial.get(position, spec.id) if partial is not None else None
+        if kept is not None:
+            log.info("%s: %s done before the interruption; reusing its kept row", label, spec.id)
+            rows.append(kept)
+            continue
         attack = attacks[spec.id]
         outcome = run_attack(attack, model, x, y, protocol.batch_size, progress,
                               f"{label} {spec.id}".strip())
         rows.append({**_attack_row(spec, attack, outcome, clean_correct, y.cpu(), indices, x_l2, sources),
                      "grid_of": grid_of})
+        if partial is not None:
+            partial.keep(position, rows[-1])
     rows.extend(worst_case_rows([r for r in rows if r["grid_of"] is None], clean_pred, y.cpu(), indices))
     subset = subset_hash(indices)
     evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,

@@ -21,6 +21,8 @@ ENTRY_POINT_GROUPS = ("advarena.defenses", "advarena.models", "advarena.attacks"
 
 #: Plugin modules imported so far, in order (recorded with every run's environment).
 LOADED: list[str] = []
+#: Folders added to the import path to find plugins (Ray workers add them too).
+SEARCH_PATH: list[str] = []
 
 
 def _make_builtins_importable() -> None:
@@ -42,6 +44,8 @@ def load_plugin(module: str, search: Iterable[str | Path] = ()) -> None:
         folder = str(Path(folder).resolve())
         if folder not in sys.path:
             sys.path.insert(0, folder)
+        if folder not in SEARCH_PATH:
+            SEARCH_PATH.append(folder)
     try:
         importlib.import_module(module)
     except ModuleNotFoundError as err:

@@ -3,13 +3,12 @@ a wildcard listing. Used for datasets, models, defenses and attacks alike."""
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
-from bench.errors import ConfigError, UnknownNameError
+from bench.errors import ConfigError, UnknownNameError, did_you_mean
 
 T = TypeVar("T", bound=Callable[..., Any])
 
@@ -68,9 +67,7 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
-            close = difflib.get_close_matches(str(name), list(self._entries), n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownNameError(f"unknown {self.kind} {name!r}{hint} "
+            raise UnknownNameError(f"unknown {self.kind} {name!r}{did_you_mean(name, self._entries)} "
                                    f"(registered: {', '.join(sorted(self._entries))})") from None
 
     def list(self, pattern: str = "*") -> list[str]:
@@ -85,8 +82,8 @@ class Registry(Generic[T]):
                            for p in inspect.signature(entry.factory).parameters.values())
         unknown = sorted(set(params) - accepted)
         if unknown and not takes_kwargs:
-            raise ConfigError(f"{self.kind} {name!r} got unknown parameter(s) {unknown}; "
-                              f"accepted: {sorted(accepted)}")
+            raise ConfigError(f"{self.kind} {name!r} got unknown parameter(s) {unknown}"
+                              f"{did_you_mean(unknown[0], accepted)} (accepted: {sorted(accepted)})")
 
     def create(self, name: str, /, *args: Any, **params: Any) -> Any:
         """Validate ``params`` against the factory's signature, then call it."""

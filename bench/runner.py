@@ -14,10 +14,12 @@ from torch import nn
 from attacks import ATTACKS
 from bench.checkpoints import (Checkpoint, load_aux, load_checkpoint, read_checkpoint, save_checkpoint,
                               verify_checkpoint)
+from bench.claims import claim_job
 from bench.datasets import Dataset, load_dataset
 from bench.environment import environment_record
 from bench.errors import AdvarenaError, CheckpointError, ConfigError
-from bench.evaluate import SourceModel, build_attack, eval_subset, evaluate_model, evaluation_key, subset_hash
+from bench.evaluate import (PartialRows, SourceModel, build_attack, eval_subset, evaluate_model, evaluation_key,
+                            subset_hash)
 from bench.jobs import TrainJob, plan_training
 from bench.models import build_model
 from bench.suite import Protocol, Suite
@@ -66,22 +68,41 @@ def _checkpoint_meta(job: TrainJob, dataset: Dataset, epoch: int, record: EpochR
 
 
 def ensure_trained(job: TrainJob, dataset: Dataset, dataset_id: int, ctx: Context) -> TrainedModel:
-    """Return the job's final checkpoint, training it first unless its key is stored and verifies."""
+    """Return the job's final checkpoint, training it first unless its key is stored and verifies.
+    The training is claimed by its key (``bench.claims``): a worker that finds the job running
+    elsewhere waits for it and then uses its checkpoint."""
     key = job.key(dataset.fingerprint())
+    stored = _stored_trained(job, key, ctx, quiet=False)
+    if stored is not None:
+        return stored
+    with claim_job(ctx.store, key, "train", job.label, lambda: _stored_trained(job, key, ctx) is not None) as mine:
+        if mine:
+            return _train(job, key, dataset, dataset_id, ctx)
+    stored = _stored_trained(job, key, ctx, quiet=False)
+    if stored is None:
+        raise CheckpointError(f"{job.label}: run {key[:12]} was trained by another worker, but its checkpoint "
+                              f"cannot be used")
+    return stored
+
+
+def _stored_trained(job: TrainJob, key: str, ctx: Context, quiet: bool = True) -> TrainedModel | None:
+    """The job's stored final checkpoint when its run finished and the files verify, else None."""
     done = ctx.store.finished_run(key)
-    if done is not None:
-        row = ctx.store.final_checkpoint(done.id)
-        if row is not None:
-            try:
-                on_disk = read_checkpoint(row.path)
-                verify_checkpoint(on_disk)
-                if on_disk.sha256 != row.sha256:
-                    raise CheckpointError(f"{row.path} holds another checkpoint than the stored one")
-                log.info("%s: trained already (run %s), skipping", job.label, key[:12])
-                return TrainedModel(job, row.id, Path(row.path), row.sha256)
-            except AdvarenaError as err:
-                log.warning("%s: stored checkpoint unusable (%s); retraining", job.label, err)
-    return _train(job, key, dataset, dataset_id, ctx)
+    row = ctx.store.final_checkpoint(done.id) if done is not None else None
+    if row is None:
+        return None
+    try:
+        on_disk = read_checkpoint(row.path)
+        verify_checkpoint(on_disk)
+        if on_disk.sha256 != row.sha256:
+            raise CheckpointError(f"{row.path} holds another checkpoint than the stored one")
+    except AdvarenaError as err:
+        if not quiet:
+            log.warning("%s: stored checkpoint unusable (%s); retraining", job.label, err)
+        return None
+    if not quiet:
+        log.info("%s: trained already (run %s), skipping", job.label, key[:12])
+    return TrainedModel(job, row.id, Path(row.path), row.sha256)
 
 
 def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Context) -> TrainedModel:
@@ -150,10 +171,17 @@ def ensure_evaluated(model: nn.Module, checkpoint: Checkpoint, checkpoint_id: in
     if ctx.store.has_evaluation(key):
         log.info("%s: evaluated already under %s v%d, skipping", label, protocol.name, protocol.version)
         return False
-    log.info("%s: evaluating under protocol %s v%d", label, protocol.name, protocol.version)
-    evaluation, rows = evaluate_model(model, dataset, protocol, sources, ctx.device, ctx.progress, label)
-    ctx.store.save_evaluation({**evaluation, "key": key, "checkpoint_id": checkpoint_id,
-                               "environment": environment_record(ctx.device)}, rows)
+    with claim_job(ctx.store, key, "evaluate", label, lambda: ctx.store.has_evaluation(key)) as mine:
+        if not mine:
+            log.info("%s: evaluated by another worker under %s v%d", label, protocol.name, protocol.version)
+            return False
+        log.info("%s: evaluating under protocol %s v%d", label, protocol.name, protocol.version)
+        partial = PartialRows(ctx.workdir / "partial" / key[:16])
+        evaluation, rows = evaluate_model(model, dataset, protocol, sources, ctx.device, ctx.progress, label,
+                                          partial)
+        ctx.store.save_evaluation({**evaluation, "key": key, "checkpoint_id": checkpoint_id,
+                                   "environment": environment_record(ctx.device)}, rows)
+        partial.clear()
     return True
 
 
@@ -205,22 +233,28 @@ def attack_sources(suite: Suite, defenses: list[TrainedModel], surrogates: dict[
     return sources
 
 
+def evaluate_trained(trained: TrainedModel, dataset: Dataset, protocol: Protocol,
+                     sources: dict[str, SourceModel], ctx: Context, every_epoch: bool = False) -> None:
+    """Evaluate a trained defense's final checkpoint (and, with ``every_epoch``, its per-epoch
+    checkpoints) unless stored; ``protocol`` already holds the suite's own attacks."""
+    model, checkpoint = _load(trained, ctx.device)
+    ensure_evaluated(model, checkpoint, trained.checkpoint_id, dataset, protocol, sources, ctx, trained.job.label)
+    if every_epoch:
+        for row in ctx.store.epoch_checkpoints(trained.checkpoint_id):
+            epoch_model, epoch_checkpoint = _load_stored(row.path, row.sha256, ctx.device)
+            ensure_evaluated(epoch_model, epoch_checkpoint, row.id, dataset, protocol, sources, ctx,
+                             f"{trained.job.label} epoch {row.epoch}")
+
+
 def run_suite(suite: Suite, protocol: Protocol, ctx: Context) -> None:
-    """``advarena run``: train what is missing, then evaluate every defense under the protocol
-    plus the suite's own attacks."""
+    """``advarena run`` with the local executor: train what is missing, then evaluate every defense
+    under the protocol plus the suite's own attacks, one job after another in this process."""
     dataset, dataset_id = load_suite_dataset(protocol, ctx)
     defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
     sources = attack_sources(suite, defenses, surrogates, ctx.device)
     protocol = protocol.with_attacks(suite.attacks)
     for trained in defenses:
-        model, checkpoint = _load(trained, ctx.device)
-        ensure_evaluated(model, checkpoint, trained.checkpoint_id, dataset, protocol, sources, ctx,
-                         trained.job.label)
-        if suite.evaluate_every_epoch:
-            for row in ctx.store.epoch_checkpoints(trained.checkpoint_id):
-                epoch_model, epoch_checkpoint = _load_stored(row.path, row.sha256, ctx.device)
-                ensure_evaluated(epoch_model, epoch_checkpoint, row.id, dataset, protocol, sources, ctx,
-                                 f"{trained.job.label} epoch {row.epoch}")
+        evaluate_trained(trained, dataset, protocol, sources, ctx, suite.evaluate_every_epoch)
 
 
 def store_external(spec: str, weights: Path, kwargs: dict, label: str, dataset: Dataset,

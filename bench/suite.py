@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from attacks.base import canonical_hash
-from bench.errors import AdvarenaError, ConfigError
+from bench.errors import AdvarenaError, ConfigError, did_you_mean
 
 CONFIG_PACKAGE = "bench.configs"
 
@@ -311,7 +311,8 @@ def _load_yaml(path_or_name: str, kind: str) -> tuple[str, dict[str, Any]]:
     else:
         shipped = resources.files(CONFIG_PACKAGE) / f"{kind}s" / f"{path_or_name}.yaml"
         if not shipped.is_file():
-            raise ConfigError(f"no shipped {kind} named {path_or_name!r} (shipped: "
+            raise ConfigError(f"no shipped {kind} named {path_or_name!r}"
+                              f"{did_you_mean(path_or_name, shipped_names(kind))} (shipped: "
                               f"{', '.join(shipped_names(kind))}); or give a path to a .yaml file")
         text, source = shipped.read_text(), f"{kind} {path_or_name!r}"
     try:

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from attacks.base import PassCounter
 from bench.datasets import Dataset
-from bench.errors import ConfigError, TrainingDivergedError
+from bench.errors import ConfigError, TrainingDivergedError, did_you_mean
 
 LR_SCHEDULES = ("constant", "cyclic", "multistep")
 
@@ -351,8 +351,9 @@ def build_trainer(name: str, params: dict[str, Any]) -> Trainer:
     specific_names = {f.name for f in fields(cls.Params)}
     unknown = sorted(set(params) - common_names - specific_names)
     if unknown:
-        raise ConfigError(f"defense {cls.name!r} got unknown hyper-parameter(s) {unknown}; accepted: "
-                          f"{sorted(common_names | specific_names)}")
+        raise ConfigError(f"defense {cls.name!r} got unknown hyper-parameter(s) {unknown}"
+                          f"{did_you_mean(unknown[0], common_names | specific_names)} (accepted: "
+                          f"{sorted(common_names | specific_names)})")
     common = CommonHParams(**{k: v for k, v in params.items() if k in common_names})
     specific = cls.Params(**{k: v for k, v in params.items() if k in specific_names})
     return cls(common, specific)

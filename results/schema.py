@@ -196,3 +196,17 @@ class ReferenceRow(Base):
     source: Mapped[str] = mapped_column(Text)
     info: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class JobClaim(Base):
+    """A job being run right now, claimed by its content key (``bench.claims``): two workers never
+    run the same training or evaluation job, and a claim whose owner died is taken over. The row
+    is deleted when the job ends; its results live in ``training_runs`` / ``evaluations``."""
+
+    __tablename__ = "job_claims"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))      # train / evaluate
+    label: Mapped[str] = mapped_column(String(256))
+    owner: Mapped[str] = mapped_column(String(256))    # host:pid:token
+    claimed_at: Mapped[datetime] = mapped_column(DateTime)
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime)

@@ -5,17 +5,18 @@ from __future__ import annotations
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, insert, select
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy import Engine, create_engine, delete, event, insert, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.errors import AdvarenaError
 from results.schema import (AttackRow, AuditRow, CheckpointRow, DatasetRow, EpochRow, Evaluation, ExampleRow,
-                            TrainingRun)
+                            JobClaim, TrainingRun)
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -40,15 +41,35 @@ def default_url(workdir: Path) -> str:
     return f"sqlite:///{(workdir / 'advarena.db').resolve()}"
 
 
+def engine_url(url: str) -> str:
+    """``url`` with a driver SQLAlchemy can load: a bare ``postgresql://`` (or ``postgres://``)
+    URL means psycopg 3 (``pip install 'advarena[postgres]'``), not SQLAlchemy's default psycopg2."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def redacted(url: str) -> str:
+    """``url`` for messages: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (SQLAlchemyError, ValueError):
+        return url
+
+
 class Store:
     """Typed access to the result tables; every write method is one transaction."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         try:
-            self.engine: Engine = create_engine(url)
-        except (SQLAlchemyError, ImportError, ValueError) as err:
-            raise StoreError(f"cannot use database URL {url!r}: {err}") from None
+            self.engine: Engine = create_engine(engine_url(url), pool_pre_ping=True)
+        except ImportError as err:
+            raise StoreError(f"cannot use database URL {redacted(url)!r}: its driver is not installed ({err}); "
+                             f"for PostgreSQL: pip install 'advarena[postgres]'") from None
+        except (SQLAlchemyError, ValueError) as err:
+            raise StoreError(f"cannot use database URL {redacted(url)!r}: {err}") from None
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._migrate()
@@ -62,7 +83,8 @@ class Store:
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
         except OperationalError as err:
-            raise StoreError(f"cannot open database {self.engine.url!r}: {err.orig}") from None
+            reason = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
+            raise StoreError(f"cannot open database {redacted(self.url)!r}: {reason}") from None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -71,16 +93,30 @@ class Store:
             yield session
 
     # -- datasets -----------------------------------------------------------------------------
-    def dataset_id(self, fingerprint: str, description: dict[str, Any]) -> int:
+    def _get_or_add(self, find: Any, make: Callable[[], Any]) -> Any:
+        """The row ``find`` selects, else ``make()`` inserted; a concurrent writer that inserts the
+        same unique row first makes our insert fail, and then its row is returned."""
         with self.session() as session:
-            row = session.scalar(select(DatasetRow).where(DatasetRow.fingerprint == fingerprint))
-            if row is None:
-                row = DatasetRow(name=description["name"], fingerprint=fingerprint,
-                                 n_train=description["n_train"], n_test=description["n_test"],
-                                 description=description)
+            row = session.scalar(find)
+        if row is not None:
+            return row
+        try:
+            with self.session() as session:
+                row = make()
                 session.add(row)
-                session.flush()
-            return row.id
+            return row
+        except IntegrityError:
+            with self.session() as session:
+                row = session.scalar(find)
+            if row is None:
+                raise
+            return row
+
+    def dataset_id(self, fingerprint: str, description: dict[str, Any]) -> int:
+        return self._get_or_add(
+            select(DatasetRow).where(DatasetRow.fingerprint == fingerprint),
+            lambda: DatasetRow(name=description["name"], fingerprint=fingerprint, n_train=description["n_train"],
+                               n_test=description["n_test"], description=description)).id
 
     # -- training runs ------------------------------------------------------------------------
     def finished_run(self, key: str) -> TrainingRun | None:
@@ -107,14 +143,10 @@ class Store:
 
     def add_checkpoint(self, run_id: int | None, sha256: str, path: str, meta: dict[str, Any],
                        final: bool) -> int:
-        with self.session() as session:
-            row = session.scalar(select(CheckpointRow).where(CheckpointRow.sha256 == sha256))
-            if row is None:
-                row = CheckpointRow(sha256=sha256, run_id=run_id, epoch=int(meta["epoch"]), final=final,
-                                    path=path, arch=meta["arch"], defense=meta["defense"], meta=meta)
-                session.add(row)
-                session.flush()
-            return row.id
+        return self._get_or_add(
+            select(CheckpointRow).where(CheckpointRow.sha256 == sha256),
+            lambda: CheckpointRow(sha256=sha256, run_id=run_id, epoch=int(meta["epoch"]), final=final, path=path,
+                                  arch=meta["arch"], defense=meta["defense"], meta=meta)).id
 
     def finish_run(self, run_id: int, total_seconds: float) -> None:
         with self.session() as session:
@@ -196,3 +228,45 @@ class Store:
             session.add(row)
             session.flush()
             return row.id
+
+    # -- job claims (bench.claims) ------------------------------------------------------------
+    def try_claim(self, key: str, kind: str, label: str, owner: str,
+                  is_stale: Callable[[JobClaim], bool]) -> tuple[bool, str | None]:
+        """Claim job ``key`` for ``owner``. Returns (claimed, other owner): (True, None) for a new
+        claim; (True, X) when X's claim was stale and is taken over; (False, X) while X holds it;
+        (False, None) when X released it meanwhile (try again). The take-over is a compare-and-set
+        on (owner, heartbeat), so of two workers taking over the same stale claim one wins."""
+        now = utcnow()
+        try:
+            with self.session() as session:
+                session.add(JobClaim(key=key, kind=kind, label=label, owner=owner, claimed_at=now,
+                                     heartbeat_at=now))
+            return True, None
+        except IntegrityError:
+            pass
+        with self.session() as session:
+            held = session.get(JobClaim, key)
+        if held is None:
+            return False, None
+        if not is_stale(held):
+            return False, held.owner
+        with self.session() as session:
+            taken = session.execute(
+                update(JobClaim).where(JobClaim.key == key, JobClaim.owner == held.owner,
+                                       JobClaim.heartbeat_at == held.heartbeat_at)
+                .values(owner=owner, label=label, claimed_at=now, heartbeat_at=now)).rowcount
+        return (True, held.owner) if taken == 1 else (False, None)
+
+    def heartbeat(self, key: str, owner: str) -> bool:
+        """Refresh ``owner``'s claim on ``key``; False when the claim is no longer its own."""
+        with self.session() as session:
+            return session.execute(update(JobClaim).where(JobClaim.key == key, JobClaim.owner == owner)
+                                   .values(heartbeat_at=utcnow())).rowcount == 1
+
+    def release(self, key: str, owner: str) -> None:
+        with self.session() as session:
+            session.execute(delete(JobClaim).where(JobClaim.key == key, JobClaim.owner == owner))
+
+    def claims(self) -> list[JobClaim]:
+        with self.session() as session:
+            return list(session.scalars(select(JobClaim).order_by(JobClaim.claimed_at)))

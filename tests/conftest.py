@@ -24,3 +24,41 @@ def trained_mlp(digits: Dataset) -> torch.nn.Module:
                             hidden=(64,))
     build_trainer("standard", {"epochs": 15, "batch_size": 64}).fit(model, digits, seed=0, progress=False)
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The URL of a PostgreSQL server: ADVARENA_TEST_POSTGRES_URL (.ci/run starts one), else a
+    throwaway server started here from Debian's postgresql package."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import postgres_server as server
+
+    if os.environ.get(server.ENV_URL):
+        yield os.environ[server.ENV_URL]
+        return
+    folder = Path(tempfile.mkdtemp(prefix="advarena-pg-"))
+    url = server.start(folder)
+    yield url
+    server.stop(folder)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """A fresh, empty database on each backend: an SQLite file, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+        return
+    import uuid
+
+    import psycopg
+
+    server = request.getfixturevalue("postgres_server")
+    name = f"advarena_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield server.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

@@ -30,6 +30,17 @@ attacks:
 """
 
 
+@pytest.fixture(autouse=True)
+def forget_plugins_afterwards():
+    """Plugins these tests import live in temporary folders: later tests (and the Ray workers they
+    start, which import every loaded plugin) must not see them as loaded."""
+    from bench import plugins
+
+    saved = list(plugins.LOADED), list(plugins.SEARCH_PATH)
+    yield
+    plugins.LOADED[:], plugins.SEARCH_PATH[:] = saved
+
+
 def _rows(db: Path, query: str) -> list[tuple]:
     with sqlite3.connect(db) as conn:
         return conn.execute(query).fetchall()

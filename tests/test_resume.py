@@ -1,0 +1,117 @@
+"""Interrupting ``advarena run`` (SIGKILL or SIGINT, mid-training or mid-evaluation) and running it
+again continues the run: every expected row is stored exactly once, with the numbers an
+uninterrupted run stores."""
+
+import logging
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bench.cli import main
+
+PROTOCOL = """
+name: resume
+version: 1
+dataset: digits
+eval_subset: {size: 300, seed: 0}
+batch_size: 100
+attacks:
+  - {id: fgsm, attack: fgsm, params: {eps: 0.1}}
+  - {id: pgd, attack: pgd, params: {eps: 0.1, steps: 300, step_size: 0.005, random_start: true, seed: 0}}
+"""
+SUITE = """
+name: resume
+protocol: {protocol}
+model: {{arch: mlp, params: {{hidden: [64]}}}}
+training: {{epochs: 4, batch_size: 32, lr: 0.005}}
+defenses:
+  - defense: standard
+  - defense: pgd-at
+    hparams: {{eps: 0.1, steps: 20, step_size: 0.01}}
+"""
+SUBSET, ATTACKS, EPOCHS = 300, 2 + 1, 4   # 2 attacks + the Linf worst case
+
+
+def stored(db) -> dict:
+    with sqlite3.connect(db) as conn:
+        return {
+            "runs": sorted(conn.execute("select key, label, status from training_runs")),
+            "epochs": sorted(conn.execute("select r.key, e.epoch, e.test_accuracy from epochs e "
+                                          "join training_runs r on r.id = e.run_id")),
+            "checkpoints": sorted(conn.execute("select sha256, final from checkpoints")),
+            "evaluations": sorted(conn.execute("select key, benign_accuracy from evaluations")),
+            "attacks": sorted(conn.execute("select e.key, a.attack_id, a.robust_accuracy from attack_results a "
+                                           "join evaluations e on e.id = a.evaluation_id")),
+            "examples": sorted(conn.execute(
+                "select e.key, a.attack_id, x.example_index, x.success, x.pred from example_results x "
+                "join attack_results a on a.id = x.attack_result_id join evaluations e on e.id = a.evaluation_id")),
+            "claims": list(conn.execute("select key from job_claims")),
+        }
+
+
+@pytest.fixture(scope="module")
+def suite_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    (root / "protocol.yaml").write_text(PROTOCOL)
+    (root / "suite.yaml").write_text(SUITE.format(protocol=root / "protocol.yaml"))
+    return root / "suite.yaml"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(suite_file, tmp_path_factory):
+    work = tmp_path_factory.mktemp("uninterrupted")
+    assert main(["run", str(suite_file), "--workdir", str(work), "--no-progress", "--threads", "1"]) == 0
+    return stored(work / "advarena.db")
+
+
+def _interrupt(suite_file, work, marker: str, sig: int, after_first_attack: bool) -> tuple[int, str]:
+    """Start ``advarena run``, wait for ``marker`` in its log (and, with ``after_first_attack``, for
+    the evaluation's first attack row to be kept), then send ``sig``."""
+    process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(suite_file), "--workdir", str(work),
+                                "--no-progress", "--threads", "1"], stderr=subprocess.PIPE, text=True)
+    log = []
+    for line in process.stderr:
+        log.append(line)
+        if marker in line:
+            deadline = time.monotonic() + 60
+            while after_first_attack and not list(work.glob("partial/*/*.json")) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            time.sleep(0.05 if after_first_attack else 0.3)
+            process.send_signal(sig)
+            break
+    log.extend(process.stderr)
+    return process.wait(timeout=120), "".join(log)
+
+
+@pytest.mark.parametrize("marker, sig, after_first_attack", [
+    ("pgd-at: evaluating", signal.SIGKILL, True),
+    ("pgd-at: training", signal.SIGKILL, False),
+    ("standard: evaluating", signal.SIGINT, False),
+])
+def test_an_interrupted_run_resumes_with_every_row_once(suite_file, uninterrupted, tmp_path, caplog, marker, sig,
+                                                        after_first_attack):
+    code, log = _interrupt(suite_file, tmp_path, marker, sig, after_first_attack)
+    assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), log
+    before = stored(tmp_path / "advarena.db")
+    assert len(before["evaluations"]) < 2, "the signal came after the run had finished"
+    if sig == signal.SIGKILL:   # the dead run's claim is left behind, and taken over below
+        assert len(before["claims"]) == 1
+    else:
+        assert "interrupted; stored jobs are kept" in log and before["claims"] == []
+    with caplog.at_level(logging.INFO, logger="advarena"):
+        assert main(["run", str(suite_file), "--workdir", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
+    if after_first_attack:   # the attack that finished before the kill is not run again
+        assert "pgd-at: fgsm done before the interruption; reusing its kept row" in caplog.text
+    if sig == signal.SIGKILL:
+        assert "whose claim went stale" in caplog.text
+    assert not list(tmp_path.glob("partial/*/*"))
+    after = stored(tmp_path / "advarena.db")
+    assert len(after["runs"]) == 2 and {status for *_, status in after["runs"]} == {"finished"}
+    assert len(after["epochs"]) == 2 * EPOCHS and len(after["evaluations"]) == 2
+    assert len(after["examples"]) == 2 * ATTACKS * SUBSET
+    assert len(set(after["examples"])) == len(after["examples"])
+    assert after == uninterrupted
