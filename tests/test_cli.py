@@ -106,6 +106,26 @@ def test_json_leaderboard(tiny_run, capsys):
     assert standard["benign"] > 80 and standard["pgd"] < standard["benign"]
 
 
+def test_the_same_run_on_postgresql_gives_the_same_leaderboard(tiny_run, postgres_database, tmp_path, capsys):
+    """``--db postgresql://...`` end to end: run, leaderboard, report and audit on PostgreSQL, with
+    the numbers the SQLite run stored."""
+    import json
+
+    root, args = tiny_run
+    on_postgres = ["--db", postgres_database, "--workdir", str(tmp_path)]
+    assert main(["run", args[0], *on_postgres, "--no-progress"]) == 0
+    capsys.readouterr()
+    boards = []
+    for where in (["--workdir", str(root / "work")], on_postgres):
+        assert main(["leaderboard", "--protocol", "tiny", "--format", "json", *where]) == 0
+        boards.append([{k: v for k, v in row.items() if k != "sec/epoch"}
+                       for row in json.loads(capsys.readouterr().out)])
+    assert boards[0] == boards[1] and len(boards[0]) == 2
+    assert main(["report", "--protocol", "tiny", *on_postgres]) == 0
+    assert main(["audit", "standard", "--attacks", "fgsm", *on_postgres]) == 0
+    assert "reproduce reproduced" in capsys.readouterr().out
+
+
 def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert main(["run", "no-such-suite", "--workdir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("advarena: error: no shipped suite named")
