@@ -24,6 +24,7 @@ from bench.jobs import TrainJob, plan_training
 from bench.models import build_model
 from bench.suite import Protocol, Suite
 from defenses import EpochRecord, build_trainer
+from results.schema import CheckpointRow
 from results.store import Store
 
 log = logging.getLogger("advarena")
@@ -87,8 +88,7 @@ def ensure_trained(job: TrainJob, dataset: Dataset, dataset_id: int, ctx: Contex
 
 def _stored_trained(job: TrainJob, key: str, ctx: Context, quiet: bool = True) -> TrainedModel | None:
     """The job's stored final checkpoint when its run finished and the files verify, else None."""
-    done = ctx.store.finished_run(key)
-    row = ctx.store.final_checkpoint(done.id) if done is not None else None
+    row = _finished_checkpoint(key, ctx)
     if row is None:
         return None
     try:
@@ -103,6 +103,12 @@ def _stored_trained(job: TrainJob, key: str, ctx: Context, quiet: bool = True) -
     if not quiet:
         log.info("%s: trained already (run %s), skipping", job.label, key[:12])
     return TrainedModel(job, row.id, Path(row.path), row.sha256)
+
+
+def _finished_checkpoint(key: str, ctx: Context) -> CheckpointRow | None:
+    """The final checkpoint row of the finished run ``key``, or None."""
+    done = ctx.store.finished_run(key)
+    return ctx.store.final_checkpoint(done.id) if done is not None else None
 
 
 def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Context) -> TrainedModel:
@@ -268,8 +274,7 @@ def store_external(spec: str, weights: Path, kwargs: dict, label: str, dataset: 
     provenance = external_provenance(spec, kwargs, weights, weights_sha)
     key = external_key(provenance, dataset.fingerprint())
     dataset_id = ctx.store.dataset_id(dataset.fingerprint(), dataset.describe())
-    done = ctx.store.finished_run(key)
-    row = ctx.store.final_checkpoint(done.id) if done is not None else None
+    row = _finished_checkpoint(key, ctx)
     if row is not None:
         stored, checkpoint = _load_stored(row.path, row.sha256, ctx.device)
         return stored, checkpoint, row.id
