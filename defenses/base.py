@@ -9,10 +9,12 @@ auxiliary networks), ``train_batch`` (several optimizer steps per minibatch), ``
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Protocol
 
@@ -25,6 +27,21 @@ from bench.datasets import Dataset
 from bench.errors import ConfigError, TrainingDivergedError, did_you_mean
 
 LR_SCHEDULES = ("constant", "cyclic", "multistep")
+
+
+@contextlib.contextmanager
+def frozen_parameters(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` as a constant: its parameters stop requiring gradients (so no graph is built
+    through them; gradients w.r.t. inputs still work) and get their own flags back afterwards."""
+    params = list(module.parameters())
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(params, flags):
+            p.requires_grad_(flag)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from bench.datasets import Dataset
 from bench.errors import ConfigError
 from bench.models import build_model
 from bench.models.learned_attackers import l2l_adversarial
-from defenses.base import BatchContext, BatchOutput, Trainer, seed_from
+from defenses.base import BatchContext, BatchOutput, Trainer, frozen_parameters, seed_from
 from defenses.registry import register_defense
 
 
@@ -89,7 +89,8 @@ class _LearningToLearn(Trainer):
         """CE on the attacker's x_adv, the attacker in eval mode and its output a constant."""
         attacker = self.aux["attacker"]
         attacker.eval()
-        x_adv = l2l_adversarial(attacker, model, x, y).detach()
+        with frozen_parameters(attacker):
+            x_adv = l2l_adversarial(attacker, model, x, y).detach()
         self._count(ctx, len(y))
         adv_logits = model(x_adv)
         ctx.counter.add(len(y), backward=True)

@@ -12,8 +12,9 @@ not alternating); Adam steps both (one Adam over two parameter groups keeps per-
 as two instances would); then an EMA (0.998) of every weight of both networks. Epoch test accuracy,
 epoch checkpoints and the final checkpoint are the EMA weights, and so is the saved generator.
 
-No eps-ball: c_L alone sets the perturbation size (the strength knob: a smaller c_L gives larger
-perturbations, less benign accuracy and more robustness)."""
+No eps-ball: c_L alone sets the perturbation size (the strength knob: on CIFAR the paper finds that a
+smaller c_L gives larger perturbations, less benign accuracy and more robustness; on the embedded
+MNIST the robustness does not follow c_L, see the README's seeds-b measurements)."""
 
 from __future__ import annotations
 

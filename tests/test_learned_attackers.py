@@ -92,6 +92,23 @@ def test_l2l_classifier_phase_leaves_the_attacker_unchanged_and_attacker_phase_t
     assert any(not torch.equal(a, b) for a, b in zip(classifier_before, model.parameters()))
 
 
+def test_l2l_classifier_loss_treats_the_attacker_as_a_constant(digits):
+    """The classifier phase builds no graph through the attacker's weights, and gives them back their
+    requires_grad flags (the attacker phase trains them)."""
+    from attacks.base import PassCounter
+    from defenses.base import BatchContext
+
+    model = network(digits, "mlp", hidden=(32,))
+    trainer = build_trainer("l2l-2step", {"eps": 0.1, "attacker_width": 0.25, "epochs": 1, "batch_size": 64})
+    trainer.setup(model, digits, torch.device("cpu"), torch.Generator().manual_seed(0))
+    attacker = trainer.aux["attacker"]
+    out = trainer.batch_loss(model, digits.x_train[:64], digits.y_train[:64],
+                             BatchContext(1, torch.Generator(), PassCounter()))
+    out.loss.backward()
+    assert all(p.requires_grad and p.grad is None for p in attacker.parameters())
+    assert all(p.grad is not None for p in model.parameters())
+
+
 def test_pgn_checkpoint_holds_the_ema_weights_not_the_raw_ones(digits):
     model = network(digits, "mlp", hidden=(32,))
     trainer = build_trainer("pgn", {"epochs": 1, "batch_size": 64, "c_L": 10.0, "generator_width": 8,
