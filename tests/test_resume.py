@@ -68,9 +68,25 @@ def uninterrupted(suite_file, tmp_path_factory):
     return stored(work / "advarena.db")
 
 
-def _interrupt(suite_file, work, marker: str, sig: int, after_first_attack: bool) -> tuple[int, str]:
-    """Start ``advarena run``, wait for ``marker`` in its log (and, with ``after_first_attack``, for
-    the evaluation's first attack row to be kept), then send ``sig``."""
+def _first_attack_kept(work) -> bool:
+    """The evaluation under way has kept its first attack's row."""
+    return bool(list(work.glob("partial/*/*.json")))
+
+
+def _first_epoch_stored(work) -> bool:
+    """pgd-at, the suite's second training job, has stored its first epoch."""
+    try:
+        with sqlite3.connect(work / "advarena.db", timeout=0.1) as conn:
+            return bool(conn.execute("select count(*) from epochs e join training_runs r on r.id = e.run_id "
+                                     "where r.label = 'pgd-at'").fetchone()[0])
+    except sqlite3.OperationalError:   # not created yet, or locked by the writer: look again
+        return False
+
+
+def _interrupt(suite_file, work, marker: str, sig: int, ready) -> tuple[int, str]:
+    """Start ``advarena run``; once ``marker`` is in its log and ``ready(work)`` holds, freeze it with
+    SIGSTOP (so it cannot run on past that point while the signal is on its way), send ``sig`` and
+    let it go on. No sleeps: the point of interruption does not depend on the machine's speed."""
     process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(suite_file), "--workdir", str(work),
                                 "--no-progress", "--threads", "1"], stderr=subprocess.PIPE, text=True)
     log = []
@@ -78,33 +94,39 @@ def _interrupt(suite_file, work, marker: str, sig: int, after_first_attack: bool
         log.append(line)
         if marker in line:
             deadline = time.monotonic() + 60
-            while after_first_attack and not list(work.glob("partial/*/*.json")) and time.monotonic() < deadline:
-                time.sleep(0.02)
-            time.sleep(0.05 if after_first_attack else 0.3)
+            while not ready(work) and process.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.005)
+            process.send_signal(signal.SIGSTOP)
             process.send_signal(sig)
+            process.send_signal(signal.SIGCONT)
             break
     log.extend(process.stderr)
     return process.wait(timeout=120), "".join(log)
 
 
-@pytest.mark.parametrize("marker, sig, after_first_attack", [
-    ("pgd-at: evaluating", signal.SIGKILL, True),
-    ("pgd-at: training", signal.SIGKILL, False),
-    ("standard: evaluating", signal.SIGINT, False),
-])
+@pytest.mark.parametrize("marker, sig, ready", [
+    ("pgd-at: evaluating", signal.SIGKILL, _first_attack_kept),
+    ("pgd-at: training", signal.SIGKILL, _first_epoch_stored),
+    ("pgd-at: evaluating", signal.SIGINT, _first_attack_kept),
+], ids=["kill mid-evaluation", "kill mid-training", "ctrl-c mid-evaluation"])
 def test_an_interrupted_run_resumes_with_every_row_once(suite_file, uninterrupted, tmp_path, caplog, marker, sig,
-                                                        after_first_attack):
-    code, log = _interrupt(suite_file, tmp_path, marker, sig, after_first_attack)
+                                                        ready):
+    code, log = _interrupt(suite_file, tmp_path, marker, sig, ready)
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), log
     before = stored(tmp_path / "advarena.db")
     assert len(before["evaluations"]) < 2, "the signal came after the run had finished"
+    if ready is _first_epoch_stored:   # pgd-at was stopped between its epochs 1 and 4
+        pgd_at = {key for key, label, _ in before["runs"] if label == "pgd-at"}
+        assert 1 <= sum(key in pgd_at for key, *_ in before["epochs"]) < EPOCHS
+    else:   # standard's evaluation is stored, pgd-at's is not
+        assert len(before["evaluations"]) == 1
     if sig == signal.SIGKILL:   # the dead run's claim is left behind, and taken over below
         assert len(before["claims"]) == 1
     else:
         assert "interrupted; stored jobs are kept" in log and before["claims"] == []
     with caplog.at_level(logging.INFO, logger="advarena"):
         assert main(["run", str(suite_file), "--workdir", str(tmp_path), "--no-progress", "--threads", "1"]) == 0
-    if after_first_attack:   # the attack that finished before the kill is not run again
+    if ready is _first_attack_kept:   # the attack that finished before the interruption is not run again
         assert "pgd-at: fgsm done before the interruption; reusing its kept row" in caplog.text
     if sig == signal.SIGKILL:
         assert "whose claim went stale" in caplog.text
