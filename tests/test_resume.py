@@ -83,12 +83,20 @@ def _first_epoch_stored(work) -> bool:
         return False
 
 
+def _as_in_a_terminal() -> None:
+    """SIGINT as a terminal's foreground job gets it. A shell starts background jobs (a CI script's
+    ``pytest &``) with SIGINT ignored, their children inherit that, and Python then installs no
+    KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt(suite_file, work, marker: str, sig: int, ready) -> tuple[int, str]:
     """Start ``advarena run``; once ``marker`` is in its log and ``ready(work)`` holds, freeze it with
     SIGSTOP (so it cannot run on past that point while the signal is on its way), send ``sig`` and
     let it go on. No sleeps: the point of interruption does not depend on the machine's speed."""
     process = subprocess.Popen([sys.executable, "-m", "bench.cli", "run", str(suite_file), "--workdir", str(work),
-                                "--no-progress", "--threads", "1"], stderr=subprocess.PIPE, text=True)
+                                "--no-progress", "--threads", "1"], stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_as_in_a_terminal)
     log = []
     for line in process.stderr:
         log.append(line)
