@@ -6,11 +6,16 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 
 from bench.errors import AdvarenaError, ConfigError
+
+if TYPE_CHECKING:   # the commands import these lazily, to keep `advarena --help` fast
+    from bench.ray_executor import WorkerSettings
+    from bench.runner import Context, TrainedModel
+    from bench.suite import Protocol, Suite
 
 DEFAULT_WORKDIR = "advarena-runs"
 
@@ -201,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _context(args: argparse.Namespace):
+def _context(args: argparse.Namespace) -> Context:
     from bench.runner import Context
     from results.store import Store, default_url
 
@@ -242,21 +247,28 @@ def _print_references(store) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from bench.runner import run_suite
     from bench.suite import load_protocol, load_suite
 
     suite = load_suite(args.suite)
     protocol = load_protocol(args.protocol or suite.protocol)
+    ctx = _run_jobs(args, suite, protocol, evaluate=True)[0]
+    _print_leaderboard(ctx, protocol.name)
+
+
+def _run_jobs(args: argparse.Namespace, suite: Suite, protocol: Protocol,
+              evaluate: bool) -> tuple[Context, list[TrainedModel]]:
+    """The suite's missing jobs, on the executor ``--executor`` names; returns the context and the
+    trained surrogates and defenses."""
     _check_executor(args)
     ctx = _context(args)
     if args.executor == "ray":
         from bench.ray_executor import run_suite_on_ray
 
-        run_suite_on_ray(suite, protocol, ctx, _worker_settings(args, ctx), args.address, args.ray_cpus,
-                         args.cpus_per_task)
-    else:
-        run_suite(suite, protocol, ctx)
-    _print_leaderboard(ctx, protocol.name)
+        return ctx, run_suite_on_ray(suite, protocol, ctx, _worker_settings(args, ctx), args.address,
+                                     args.ray_cpus, args.cpus_per_task, evaluate)
+    from bench.runner import run_suite
+
+    return ctx, run_suite(suite, protocol, ctx, evaluate)
 
 
 def _check_executor(args: argparse.Namespace) -> None:
@@ -271,7 +283,7 @@ def _check_executor(args: argparse.Namespace) -> None:
             "(--db postgresql://...) is the safe choice", args.db or "the workdir's advarena.db")
 
 
-def _worker_settings(args: argparse.Namespace, ctx):
+def _worker_settings(args: argparse.Namespace, ctx: Context) -> WorkerSettings:
     from bench.plugins import LOADED, SEARCH_PATH
     from bench.ray_executor import WorkerSettings
 
@@ -281,23 +293,10 @@ def _worker_settings(args: argparse.Namespace, ctx):
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from bench.runner import load_suite_dataset, train_suite
     from bench.suite import load_protocol, load_suite
 
     suite = load_suite(args.suite)
-    protocol = load_protocol(suite.protocol)
-    _check_executor(args)
-    ctx = _context(args)
-    if args.executor == "ray":
-        from bench.ray_executor import run_suite_on_ray
-
-        trained_models = run_suite_on_ray(suite, protocol, ctx, _worker_settings(args, ctx), args.address,
-                                          args.ray_cpus, args.cpus_per_task, evaluate=False)
-    else:
-        dataset, dataset_id = load_suite_dataset(protocol, ctx)
-        defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
-        trained_models = [*surrogates.values(), *defenses]
-    for trained in trained_models:
+    for trained in _run_jobs(args, suite, load_protocol(suite.protocol), evaluate=False)[1]:
         print(f"{trained.job.label}: {trained.checkpoint_path}")
 
 

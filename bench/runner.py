@@ -252,15 +252,18 @@ def evaluate_trained(trained: TrainedModel, dataset: Dataset, protocol: Protocol
                              f"{trained.job.label} epoch {row.epoch}")
 
 
-def run_suite(suite: Suite, protocol: Protocol, ctx: Context) -> None:
-    """``advarena run`` with the local executor: train what is missing, then evaluate every defense
-    under the protocol plus the suite's own attacks, one job after another in this process."""
+def run_suite(suite: Suite, protocol: Protocol, ctx: Context, evaluate: bool = True) -> list[TrainedModel]:
+    """``advarena run`` (and, without ``evaluate``, ``advarena train``) with the local executor:
+    train what is missing, then evaluate every defense under the protocol plus the suite's own
+    attacks, one job after another in this process. Returns the trained surrogates and defenses."""
     dataset, dataset_id = load_suite_dataset(protocol, ctx)
     defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
-    sources = attack_sources(suite, defenses, surrogates, ctx.device)
-    protocol = protocol.with_attacks(suite.attacks)
-    for trained in defenses:
-        evaluate_trained(trained, dataset, protocol, sources, ctx, suite.evaluate_every_epoch)
+    if evaluate:
+        sources = attack_sources(suite, defenses, surrogates, ctx.device)
+        with_attacks = protocol.with_attacks(suite.attacks)
+        for trained in defenses:
+            evaluate_trained(trained, dataset, with_attacks, sources, ctx, suite.evaluate_every_epoch)
+    return [*surrogates.values(), *defenses]
 
 
 def store_external(spec: str, weights: Path, kwargs: dict, label: str, dataset: Dataset,

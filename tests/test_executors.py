@@ -1,8 +1,7 @@
 """The Ray executor against the local one: same suite, same stored keys and numbers (CPU)."""
 
-import sqlite3
-
 from bench.cli import main
+from stored_rows import stored_results
 from test_cli import PROTOCOL   # the tiny digits protocol: FGSM, PGD and a transfer attack
 
 SUITE = """
@@ -18,26 +17,6 @@ defenses:
 surrogates:
   surrogate: {{defense: standard, seed: 1}}
 """
-
-
-def stored_results(db) -> dict:
-    """Everything that identifies and measures a run, without ids, paths or timings."""
-    with sqlite3.connect(db) as conn:
-        return {
-            "runs": sorted(conn.execute("select key, label, status from training_runs")),
-            "checkpoints": sorted(conn.execute("select sha256, epoch, final from checkpoints")),
-            "evaluations": sorted(conn.execute(
-                "select e.key, c.sha256, e.benign_accuracy from evaluations e join checkpoints c "
-                "on c.id = e.checkpoint_id")),
-            "attacks": sorted(conn.execute(
-                "select e.key, a.attack_id, a.attack_key, a.robust_accuracy, a.success_rate, a.mean_l2 "
-                "from attack_results a join evaluations e on e.id = a.evaluation_id")),
-            "examples": sorted(conn.execute(
-                "select e.key, a.attack_id, x.example_index, x.success, x.pred, round(x.l2, 5) "
-                "from example_results x join attack_results a on a.id = x.attack_result_id "
-                "join evaluations e on e.id = a.evaluation_id")),
-            "claims": list(conn.execute("select key from job_claims")),
-        }
 
 
 def test_ray_executor_stores_what_the_local_executor_stores(tmp_path):

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from bench.cli import main
+from stored_rows import stored_results
 
 PROTOCOL = """
 name: resume
@@ -36,23 +37,6 @@ defenses:
 SUBSET, ATTACKS, EPOCHS = 300, 2 + 1, 4   # 2 attacks + the Linf worst case
 
 
-def stored(db) -> dict:
-    with sqlite3.connect(db) as conn:
-        return {
-            "runs": sorted(conn.execute("select key, label, status from training_runs")),
-            "epochs": sorted(conn.execute("select r.key, e.epoch, e.test_accuracy from epochs e "
-                                          "join training_runs r on r.id = e.run_id")),
-            "checkpoints": sorted(conn.execute("select sha256, final from checkpoints")),
-            "evaluations": sorted(conn.execute("select key, benign_accuracy from evaluations")),
-            "attacks": sorted(conn.execute("select e.key, a.attack_id, a.robust_accuracy from attack_results a "
-                                           "join evaluations e on e.id = a.evaluation_id")),
-            "examples": sorted(conn.execute(
-                "select e.key, a.attack_id, x.example_index, x.success, x.pred from example_results x "
-                "join attack_results a on a.id = x.attack_result_id join evaluations e on e.id = a.evaluation_id")),
-            "claims": list(conn.execute("select key from job_claims")),
-        }
-
-
 @pytest.fixture(scope="module")
 def suite_file(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
@@ -65,7 +49,7 @@ def suite_file(tmp_path_factory):
 def uninterrupted(suite_file, tmp_path_factory):
     work = tmp_path_factory.mktemp("uninterrupted")
     assert main(["run", str(suite_file), "--workdir", str(work), "--no-progress", "--threads", "1"]) == 0
-    return stored(work / "advarena.db")
+    return stored_results(work / "advarena.db")
 
 
 def _first_attack_kept(work) -> bool:
@@ -121,7 +105,7 @@ def test_an_interrupted_run_resumes_with_every_row_once(suite_file, uninterrupte
                                                         ready):
     code, log = _interrupt(suite_file, tmp_path, marker, sig, ready)
     assert code == (-signal.SIGKILL if sig == signal.SIGKILL else 130), log
-    before = stored(tmp_path / "advarena.db")
+    before = stored_results(tmp_path / "advarena.db")
     assert len(before["evaluations"]) < 2, "the signal came after the run had finished"
     if ready is _first_epoch_stored:   # pgd-at was stopped between its epochs 1 and 4
         pgd_at = {key for key, label, _ in before["runs"] if label == "pgd-at"}
@@ -139,7 +123,7 @@ def test_an_interrupted_run_resumes_with_every_row_once(suite_file, uninterrupte
     if sig == signal.SIGKILL:
         assert "whose claim went stale" in caplog.text
     assert not list(tmp_path.glob("partial/*/*"))
-    after = stored(tmp_path / "advarena.db")
+    after = stored_results(tmp_path / "advarena.db")
     assert len(after["runs"]) == 2 and {status for *_, status in after["runs"]} == {"finished"}
     assert len(after["epochs"]) == 2 * EPOCHS and len(after["evaluations"]) == 2
     assert len(after["examples"]) == 2 * ATTACKS * SUBSET
