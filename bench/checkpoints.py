@@ -1,4 +1,9 @@
-"""Checkpoints: ``weights.safetensors`` + ``meta.json``; sha256 verified on load; never unpickled."""
+"""Checkpoints: ``weights.safetensors`` + ``meta.json``; sha256 verified on load; never unpickled.
+
+The weights file also records, in its safetensors header, the model description (the zoo
+architecture and data shape, or an external model's factory, arguments and code), so its sha256,
+which every evaluation, transfer source and learned attacker is keyed by, identifies the model and
+not the tensors alone: the same tensors behind two factories are two checkpoints."""
 
 from __future__ import annotations
 
@@ -11,15 +16,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from bench.errors import AdvarenaError, CheckpointError
 from bench.models import build_model
+from results.store import model_description
 
 WEIGHTS_FILE = "weights.safetensors"
 META_FILE = "meta.json"
 META_FORMAT = 1
+#: The safetensors header field holding the model description (canonical JSON).
+MODEL_FIELD = "advarena.model"
 REQUIRED_META = ("format", "arch", "arch_params", "input_shape", "num_classes", "mean", "std",
                  "dataset", "defense", "hparams", "seed", "epoch", "sha256")
 
@@ -40,7 +49,8 @@ class Checkpoint:
         if self.meta["arch"] == "external":
             from bench.external import build_external
 
-            return build_external(self.meta["factory"], self.meta.get("factory_kwargs", {}))
+            return build_external(self.meta["factory"], self.meta.get("factory_kwargs", {}),
+                                  self.meta.get("factory_code"))
         return build_model(self.meta["arch"], self.meta["input_shape"], self.meta["num_classes"],
                            self.meta["mean"], self.meta["std"], **self.meta["arch_params"])
 
@@ -74,7 +84,8 @@ def save_checkpoint(folder: Path, model: nn.Module, meta: dict[str, Any]) -> Che
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = folder / WEIGHTS_FILE
-    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
+    header = {MODEL_FIELD: json.dumps(model_description(meta), sort_keys=True, default=str)}
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp), metadata=header))
     full_meta = {"format": META_FORMAT, **meta, "sha256": file_sha256(weights)}
     missing = [k for k in REQUIRED_META if k not in full_meta]
     if missing:
@@ -109,10 +120,36 @@ def verify_checkpoint(checkpoint: Checkpoint) -> None:
                               f"the recorded {checkpoint.sha256}; the file was modified or corrupted")
 
 
+def read_weights_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and header fields of a safetensors file; a file that is not one (truncated,
+    written by another tool) is a ``CheckpointError``, whatever sha256 its meta.json records."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            header = handle.metadata() or {}
+        return load_file(str(path)), header
+    except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{path}: not a readable safetensors file ({first})") from None
+
+
+def check_model_description(checkpoint: Checkpoint, header: dict[str, str]) -> None:
+    """The weights must have been saved for the model meta.json describes (files written before
+    the header recorded it are taken as they are)."""
+    recorded = header.get(MODEL_FIELD)
+    if recorded is None:
+        return
+    described = json.loads(json.dumps(model_description(checkpoint.meta), sort_keys=True, default=str))
+    if json.loads(recorded) != described:
+        raise CheckpointError(f"{checkpoint.path}: meta.json describes the model {described}, but the weights "
+                              f"were saved for {json.loads(recorded)}")
+
+
 def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Checkpoint]:
     """Verify, build and load a checkpoint; the model is returned in eval mode on ``device``."""
     checkpoint = read_checkpoint(folder)
     verify_checkpoint(checkpoint)
+    state, header = read_weights_file(checkpoint.path / WEIGHTS_FILE)
+    check_model_description(checkpoint, header)
     try:
         model = checkpoint.build()
     except AdvarenaError:
@@ -120,7 +157,6 @@ def load_checkpoint(folder: str | Path, device: str | torch.device = "cpu") -> t
     except Exception as err:  # the recorded architecture cannot take the recorded input shape
         raise CheckpointError(f"{checkpoint.path}: cannot build architecture {checkpoint.meta['arch']!r} for input "
                               f"{tuple(checkpoint.meta['input_shape'])}: {str(err).splitlines()[0]}") from None
-    state = load_file(str(checkpoint.path / WEIGHTS_FILE))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -6,8 +6,10 @@ A worker claims a job by inserting its key into ``job_claims`` (the primary key 
 the lock) and refreshes the claim from a heartbeat thread while the job runs. A claim is stale,
 and another worker takes it over, when its heartbeat is older than the lease, or at once when its
 owner was a process on this host that no longer exists (a SIGKILLed run). The claim is deleted
-when the job ends, after its results are committed, so a worker that sees the claim gone checks
-the results first and finds the job done."""
+in the same transaction that commits the job's results (``Store.save_evaluation`` and
+``Store.finish_run`` take the ``Claim``), or when the job ends without results; a claim on a job
+whose results are stored is void and is deleted by the next worker that meets it. So a killed
+worker can never leave a claim behind on a finished job."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
@@ -34,6 +37,19 @@ HEARTBEAT_SECONDS = 15.0
 POLL_SECONDS = 1.0
 
 _TOKEN = uuid.uuid4().hex[:8]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What ``claim_job`` yields: true when this worker holds job ``key`` and must run it. Hand
+    it to the store call that commits the job's results, which releases it in that transaction."""
+
+    key: str
+    owner: str
+    mine: bool
+
+    def __bool__(self) -> bool:
+        return self.mine
 
 
 def owner_id() -> str:
@@ -93,16 +109,18 @@ class Heartbeat:
 
 @contextmanager
 def claim_job(store: Store, key: str, kind: str, label: str, done: Callable[[], bool],
-              lease_seconds: float = LEASE_SECONDS, poll_seconds: float = POLL_SECONDS) -> Iterator[bool]:
-    """Hold the claim on job ``key`` for the block. Yields True when this worker must run the job,
-    False when ``done()`` says its results are stored (before or after waiting for another
-    worker). The claim is released when the block ends, also on an error or interrupt."""
+              lease_seconds: float = LEASE_SECONDS, poll_seconds: float = POLL_SECONDS) -> Iterator[Claim]:
+    """Hold the claim on job ``key`` for the block. Yields a true ``Claim`` when this worker must
+    run the job, a false one when ``done()`` says its results are stored (before or after waiting
+    for another worker). The claim is released when the block ends, also on an error or
+    interrupt, unless the store call that committed the results released it already."""
     owner = owner_id()
     waited_for: str | None = None
     delay = poll_seconds
     while True:
         if done():
-            yield False
+            store.release(key)  # any claim left on a finished job is void
+            yield Claim(key, owner, False)
             return
         claimed, other = store.try_claim(key, kind, label, owner, lambda held: is_stale(held, lease_seconds))
         if claimed:
@@ -117,6 +135,6 @@ def claim_job(store: Store, key: str, kind: str, label: str, done: Callable[[], 
             delay = min(delay * 1.5, 5 * poll_seconds)
     try:
         with Heartbeat(store, key, owner, label):
-            yield not done()
+            yield Claim(key, owner, not done())
     finally:
         store.release(key, owner)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from bench.core.console import configure_output
 from bench.errors import AdvarenaError, ConfigError
 
 if TYPE_CHECKING:   # the commands import these lazily, to keep `advarena --help` fast
@@ -18,6 +20,15 @@ if TYPE_CHECKING:   # the commands import these lazily, to keep `advarena --help
     from bench.suite import Protocol, Suite
 
 DEFAULT_WORKDIR = "advarena-runs"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with bad arguments reported as every other bad input is: one
+    ``advarena: error:`` line (naming the command and ``--help``), exit status 2."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        command = self.prog.removeprefix("advarena").strip()
+        raise ConfigError(f"{command + ': ' if command else ''}{message} (see {self.prog} --help)")
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +49,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                             "modules under the advarena.* entry points are imported too)")
     group.add_argument("--no-progress", action="store_true", help="hide progress bars")
     group.add_argument("-q", "--quiet", action="store_true", help="print only results and errors")
+    group.add_argument("-v", "--verbose", action="store_true",
+                       help="also show what the libraries advarena uses log and warn (hidden by default)")
 
 
 def _add_executor(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +70,7 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="advarena",
         description="Benchmark adversarial-robustness defenses: train them, attack them all the same "
                     "way, store every per-example outcome, and compare them on a leaderboard.")
@@ -289,7 +302,8 @@ def _worker_settings(args: argparse.Namespace, ctx: Context) -> WorkerSettings:
 
     return WorkerSettings(db_url=ctx.store.url, workdir=str(ctx.workdir), data_root=args.data_root,
                           device=ctx.device.type, threads=args.threads or max(1, int(args.cpus_per_task)),
-                          plugins=tuple(LOADED), plugin_paths=tuple(SEARCH_PATH))
+                          plugins=tuple(LOADED), plugin_paths=tuple(SEARCH_PATH), quiet=args.quiet,
+                          verbose=args.verbose)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -499,10 +513,12 @@ COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard":
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        args = build_parser().parse_args(argv)
+    except AdvarenaError as err:
+        print(f"advarena: error: {err}", file=sys.stderr)
+        return err.exit_code
+    configure_output(getattr(args, "quiet", False), getattr(args, "verbose", False))
     try:
         from bench.plugins import discover_entry_points, load_plugins
 

@@ -9,7 +9,9 @@ the store records a training run with ``defense: external`` and the file's prove
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import inspect
 import json
 import pickle
 from pathlib import Path
@@ -48,11 +50,50 @@ def import_factory(spec: str) -> Callable[..., nn.Module]:
     return factory
 
 
-def build_external(spec: str, kwargs: dict[str, Any]) -> nn.Module:
-    model = import_factory(spec)(**kwargs)
+def factory_code(spec: str) -> str | None:
+    """sha256 of the source file that defines the factory (a plugin's code is part of its model's
+    identity: edit the factory and its checkpoints are new ones); None for a factory without one."""
+    try:
+        source = inspect.getsourcefile(inspect.unwrap(import_factory(spec)))
+    except TypeError:  # a builtin or an instance: no source file
+        source = None
+    if source is None or not Path(source).is_file():
+        return None
+    return hashlib.sha256(Path(source).read_bytes()).hexdigest()
+
+
+def build_external(spec: str, kwargs: dict[str, Any], code: str | None = None) -> nn.Module:
+    """The factory's network for ``kwargs``; with ``code`` (the stored ``factory_code``), a factory
+    whose source changed since is refused."""
+    factory = import_factory(spec)
+    if code is not None and factory_code(spec) != code:
+        raise CheckpointError(f"the code of --model-factory {spec!r} changed since this checkpoint was stored "
+                              f"(its source file's sha256 was {code[:12]}); its stored results are for the old code")
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as err:
+        accepted = _accepted(factory)
+        raise ConfigError(f"--factory-kwargs {json.dumps(kwargs)} do not fit {spec!r}: {err}"
+                          f"{f' (it accepts: {accepted})' if accepted else ''}") from None
+    except ValueError:  # no signature to check (a builtin): the call below says what is wrong
+        pass
+    try:
+        model = factory(**kwargs)
+    except Exception as err:  # the user's factory failing on these arguments: one line, naming it
+        raise ConfigError(f"--model-factory {spec!r} raised {type(err).__name__} with --factory-kwargs "
+                          f"{json.dumps(kwargs)}: {str(err).strip().splitlines()[0] if str(err).strip() else ''}"
+                          ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(f"--model-factory {spec!r} returned a {type(model).__name__}, expected a torch.nn.Module")
     return model
+
+
+def _accepted(factory: Callable[..., Any]) -> str:
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except ValueError:
+        return ""
+    return ", ".join(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -115,11 +156,14 @@ def load_external(spec: str, weights: Path, kwargs: dict[str, Any], dataset: Dat
 
 
 def external_provenance(spec: str, kwargs: dict[str, Any], weights: Path, weights_sha: str) -> dict[str, Any]:
-    return {"provenance": "external", "factory": spec, "factory_kwargs": kwargs,
+    """Where an external model comes from: its factory, the factory's arguments and code, and the
+    weights file; everything but the file's path is its identity."""
+    return {"provenance": "external", "factory": spec, "factory_kwargs": kwargs, "factory_code": factory_code(spec),
             "weights_file": str(weights.resolve()), "weights_sha256": weights_sha}
 
 
 def external_key(provenance: dict[str, Any], dataset_fingerprint: str) -> str:
+    """The stored run's key: the model's identity (factory, arguments, code, weights) and the data."""
     return canonical_hash({"external": {k: v for k, v in provenance.items() if k != "weights_file"},
                            "dataset": dataset_fingerprint})
 
@@ -128,7 +172,8 @@ def save_external(folder: Path, model: nn.Module, provenance: dict[str, Any], la
                   dataset: Dataset, benign_accuracy: float | None) -> Checkpoint:
     """Copy an external model into an advarena checkpoint folder (rebuilt by its factory)."""
     meta = {"arch": EXTERNAL_ARCH, "arch_params": {}, "factory": provenance["factory"],
-            "factory_kwargs": provenance["factory_kwargs"], "input_shape": list(dataset.input_shape),
+            "factory_kwargs": provenance["factory_kwargs"], "factory_code": provenance["factory_code"],
+            "input_shape": list(dataset.input_shape),
             "num_classes": dataset.num_classes, "mean": list(dataset.channel_mean), "std": list(dataset.channel_std),
             "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint()}, "defense": "external",
             "hparams": provenance, "seed": 0, "epoch": 0, "label": label,

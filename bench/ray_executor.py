@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from bench.core.console import configure_output
 from bench.datasets import Dataset
 from bench.errors import AdvarenaError, ConfigError
 from bench.jobs import TrainJob, plan_training
@@ -40,6 +41,8 @@ class WorkerSettings:
     threads: int
     plugins: tuple[str, ...] = ()
     plugin_paths: tuple[str, ...] = ()
+    quiet: bool = False
+    verbose: bool = False
 
 
 @dataclass
@@ -58,8 +61,7 @@ def _worker_context(settings: WorkerSettings) -> Context:
         from bench.plugins import discover_entry_points, load_plugins
         from results.store import Store
 
-        logging.basicConfig(level=logging.INFO, format="%(message)s")
-        logging.getLogger("alembic").setLevel(logging.WARNING)
+        configure_output(settings.quiet, settings.verbose)
         discover_entry_points()   # installed plugins: this node's own entry points
         load_plugins(settings.plugins, settings.plugin_paths)
         torch.set_num_threads(settings.threads)

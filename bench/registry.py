@@ -4,10 +4,15 @@ a wildcard listing. Used for datasets, models, defenses and attacks alike."""
 from __future__ import annotations
 
 import fnmatch
+import functools
 import inspect
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, TypeVar
 
+from pydantic import ConfigDict, ValidationError, create_model
+
+from bench.core.params import one_line
 from bench.errors import ConfigError, UnknownNameError, did_you_mean
 
 T = TypeVar("T", bound=Callable[..., Any])
@@ -32,6 +37,36 @@ class RegistryEntry(Generic[T]):
         params = inspect.signature(self.factory).parameters
         return {n: p for n, p in params.items()
                 if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+
+    def typed(self, params: dict[str, Any]) -> dict[str, Any]:
+        """``params`` converted to the factory's type hints (``"1e-3"`` to 0.001); a value that does
+        not fit (``steps: two``, ``eps: .nan``) is one ``ConfigError`` naming the parameter."""
+        try:
+            validated = _argument_model(self.factory).model_validate(params)
+        except ValidationError as err:
+            raise ConfigError(f"{self.name}: {one_line(err)}") from None
+        return {name: getattr(validated, name) for name in params}
+
+
+_ARGUMENTS = ConfigDict(arbitrary_types_allowed=True, allow_inf_nan=False, extra="ignore")
+
+
+@functools.lru_cache(maxsize=None)
+def _argument_model(factory: Callable[..., Any]) -> Any:
+    """A pydantic model of the factory's keyword parameters with their type hints (a hint that
+    cannot be resolved, or none, accepts anything)."""
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    try:
+        hints = typing.get_type_hints(target)
+    except Exception:  # a hint naming something only a type checker imports
+        hints = {}
+    fields = {}
+    for name, param in inspect.signature(factory).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        default = ... if param.default is param.empty else param.default
+        fields[name] = (hints.get(name, Any), default)
+    return create_model(f"{getattr(factory, '__name__', 'factory')}Arguments", __config__=_ARGUMENTS, **fields)
 
 
 class Registry(Generic[T]):
@@ -88,9 +123,9 @@ class Registry(Generic[T]):
     def create(self, name: str, /, *args: Any, **params: Any) -> Any:
         """Validate ``params`` against the factory's signature, then call it."""
         self.check_params(name, params)
-        factory = self.get(name).factory
+        entry = self.get(name)
         try:
-            inspect.signature(factory).bind(*args, **params)
+            inspect.signature(entry.factory).bind(*args, **params)
         except TypeError as err:
             raise ConfigError(f"{self.kind} {name!r}: {err}") from None
-        return factory(*args, **params)
+        return entry.factory(*args, **entry.typed(params))

@@ -14,7 +14,7 @@ from torch import nn
 from attacks import ATTACKS
 from bench.checkpoints import (Checkpoint, load_aux, load_checkpoint, read_checkpoint, save_checkpoint,
                               verify_checkpoint)
-from bench.claims import claim_job
+from bench.claims import Claim, claim_job
 from bench.datasets import Dataset, load_dataset
 from bench.environment import environment_record
 from bench.errors import AdvarenaError, CheckpointError, ConfigError
@@ -76,9 +76,9 @@ def ensure_trained(job: TrainJob, dataset: Dataset, dataset_id: int, ctx: Contex
     stored = _stored_trained(job, key, ctx, quiet=False)
     if stored is not None:
         return stored
-    with claim_job(ctx.store, key, "train", job.label, lambda: _stored_trained(job, key, ctx) is not None) as mine:
-        if mine:
-            return _train(job, key, dataset, dataset_id, ctx)
+    with claim_job(ctx.store, key, "train", job.label, lambda: _stored_trained(job, key, ctx) is not None) as claim:
+        if claim:
+            return _train(job, key, dataset, dataset_id, ctx, claim)
     stored = _stored_trained(job, key, ctx, quiet=False)
     if stored is None:
         raise CheckpointError(f"{job.label}: run {key[:12]} was trained by another worker, but its checkpoint "
@@ -111,7 +111,7 @@ def _finished_checkpoint(key: str, ctx: Context) -> CheckpointRow | None:
     return ctx.store.final_checkpoint(done.id) if done is not None else None
 
 
-def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Context) -> TrainedModel:
+def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Context, claim: Claim) -> TrainedModel:
     folder = ctx.workdir / "checkpoints" / f"{job.label}-{key[:12]}"
     run_id = ctx.store.start_run(key, label=job.label, role=job.role, defense=job.defense,
                                  hparams=job.hparams, arch=job.arch, arch_params=job.arch_params,
@@ -151,7 +151,7 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
                    for name, module in result.aux.items()}
     final = save_checkpoint(folder / "final", result.model, meta)
     checkpoint_id = ctx.store.add_checkpoint(run_id, final.sha256, str(final.path), final.meta, final=True)
-    ctx.store.finish_run(run_id, time.perf_counter() - start)
+    ctx.store.finish_run(run_id, time.perf_counter() - start, claim)
     log.info("%s: trained in %.1fs, test accuracy %.2f%%", job.label, time.perf_counter() - start,
              100 * kept.test_accuracy)
     return TrainedModel(job, checkpoint_id, final.path, final.sha256)
@@ -177,8 +177,8 @@ def ensure_evaluated(model: nn.Module, checkpoint: Checkpoint, checkpoint_id: in
     if ctx.store.has_evaluation(key):
         log.info("%s: evaluated already under %s v%d, skipping", label, protocol.name, protocol.version)
         return False
-    with claim_job(ctx.store, key, "evaluate", label, lambda: ctx.store.has_evaluation(key)) as mine:
-        if not mine:
+    with claim_job(ctx.store, key, "evaluate", label, lambda: ctx.store.has_evaluation(key)) as claim:
+        if not claim:
             log.info("%s: evaluated by another worker under %s v%d", label, protocol.name, protocol.version)
             return False
         log.info("%s: evaluating under protocol %s v%d", label, protocol.name, protocol.version)
@@ -186,7 +186,7 @@ def ensure_evaluated(model: nn.Module, checkpoint: Checkpoint, checkpoint_id: in
         evaluation, rows = evaluate_model(model, dataset, protocol, sources, ctx.device, ctx.progress, label,
                                           partial)
         ctx.store.save_evaluation({**evaluation, "key": key, "checkpoint_id": checkpoint_id,
-                                   "environment": environment_record(ctx.device)}, rows)
+                                   "environment": environment_record(ctx.device)}, rows, claim)
         partial.clear()
     return True
 

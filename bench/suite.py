@@ -6,6 +6,7 @@ on which architecture, plus the surrogates that transfer attacks use as sources.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -14,13 +15,28 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from attacks.base import canonical_hash
+from bench.core.params import one_line
 from bench.errors import AdvarenaError, ConfigError, did_you_mean
 
 CONFIG_PACKAGE = "bench.configs"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+class _NumbersLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading numbers as YAML 1.2 does: ``1e-3`` and ``5E+2`` are floats
+    (YAML 1.1, PyYAML's default, needs a dot in the mantissa and reads them as strings)."""
+
+
+_NumbersLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)"
+               r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?"
+               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
 
 
 class AttackSpec(_Strict):
@@ -223,13 +239,13 @@ class Suite(_Strict):
     def _common_only(cls, training: dict[str, Any]) -> dict[str, Any]:
         from dataclasses import fields
 
-        from defenses.base import CommonHParams
+        from defenses.base import CommonHParams, common_hparams
 
         allowed = {f.name for f in fields(CommonHParams)}
         unknown = sorted(set(training) - allowed)
         if unknown:
             raise ValueError(f"unknown training setting(s) {unknown}; accepted: {sorted(allowed)}")
-        CommonHParams(**training).validate()
+        common_hparams(training)
         return training
 
     @model_validator(mode="after")
@@ -290,12 +306,8 @@ def _check_attack_sources(suite: Suite) -> None:
 
 
 def _format_validation(source: str, err: ValidationError) -> str:
-    lines = [f"{source}: {err.error_count()} problem(s)"]
-    for problem in err.errors():
-        path = ".".join(str(p) for p in problem["loc"]) or "(top level)"
-        message = problem["msg"].removeprefix("Value error, ")
-        lines.append(f"  {path}: {message}")
-    return "\n".join(lines)
+    """One line: the file, then each problem as ``field.path: what was expected, got what``."""
+    return f"{source}: {one_line(err)}"
 
 
 def _load_yaml(path_or_name: str, kind: str) -> tuple[str, dict[str, Any]]:
@@ -316,7 +328,7 @@ def _load_yaml(path_or_name: str, kind: str) -> tuple[str, dict[str, Any]]:
                               f"{', '.join(shipped_names(kind))}); or give a path to a .yaml file")
         text, source = shipped.read_text(), f"{kind} {path_or_name!r}"
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_NumbersLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{source}: malformed YAML: {err}") from None
     if not isinstance(data, dict):

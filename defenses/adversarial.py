@@ -6,24 +6,32 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional as F
 
 from attacks.gradient import gradient_ascent
 from attacks.norms import hooks_for
-from bench.errors import ConfigError
+from bench.core.params import (
+    PARAMS_CONFIG,
+    Flag,
+    NonNegativeInt,
+    PositiveInt,
+    PositiveReal,
+    UnitReal,
+)
 from defenses.base import BatchContext, BatchOutput, Trainer
 from defenses.registry import register_defense
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class FGSMATParams:
-    eps: float = 0.3
-    alpha: float = 0.5
-    norm: str = "linf"
+    eps: PositiveReal = 0.3
+    alpha: UnitReal = 0.5
+    norm: Literal["linf", "l2"] = "linf"
 
 
 @register_defense("fgsm-at", strength="eps", paper="Goodfellow et al. 2015, eq. 6")
@@ -35,9 +43,6 @@ class FGSMAdversarialTraining(Trainer):
 
     def __init__(self, common, params: FGSMATParams) -> None:
         super().__init__(common, params)
-        if params.eps <= 0 or not 0 <= params.alpha <= 1:
-            raise ConfigError(f"fgsm-at: need eps > 0 and 0 <= alpha <= 1, got eps={params.eps}, "
-                              f"alpha={params.alpha}")
         self.hooks = hooks_for(params.norm)
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
@@ -56,15 +61,15 @@ class FGSMAdversarialTraining(Trainer):
         return BatchOutput(loss, clean_logits, adv_logits)
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class PGDATParams:
-    eps: float = 0.3
-    steps: int = 40
-    step_size: float = 0.01
-    random_start: bool = True
-    norm: str = "linf"
+    eps: PositiveReal = 0.3
+    steps: PositiveInt = 40
+    step_size: PositiveReal = 0.01
+    random_start: Flag = True
+    norm: Literal["linf", "l2"] = "linf"
     #: Epochs over which eps grows linearly from eps/warmup_epochs to eps (0: no warm-up).
-    eps_warmup_epochs: int = 0
+    eps_warmup_epochs: NonNegativeInt = 0
 
 
 @register_defense("pgd-at", strength="eps", paper="Madry et al. 2018")
@@ -76,9 +81,6 @@ class PGDAdversarialTraining(Trainer):
 
     def __init__(self, common, params: PGDATParams) -> None:
         super().__init__(common, params)
-        if params.eps <= 0 or params.steps < 1 or params.step_size <= 0 or params.eps_warmup_epochs < 0:
-            raise ConfigError(f"pgd-at: need eps > 0, steps >= 1, step_size > 0, eps_warmup_epochs >= 0; "
-                              f"got {params}")
         self.hooks = hooks_for(params.norm)
 
     def epoch_eps(self, epoch: int) -> float:

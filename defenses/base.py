@@ -16,17 +16,23 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 import torch
+from pydantic import PlainValidator, ValidationError
+from pydantic.dataclasses import dataclass as params_dataclass
 from torch import nn
 from tqdm.auto import tqdm
 
 from attacks.base import PassCounter
+from bench.core.params import (PARAMS_CONFIG, NonNegativeReal, PositiveInt, PositiveReal, number,
+                               one_line)
 from bench.datasets import Dataset
 from bench.errors import ConfigError, TrainingDivergedError, did_you_mean
 
 LR_SCHEDULES = ("constant", "cyclic", "multistep")
+#: A fraction of the training, strictly between 0 and 1 (a multistep milestone).
+Milestone = Annotated[float, PlainValidator(number(gt=0, lt=1))]
 
 
 @contextlib.contextmanager
@@ -44,7 +50,7 @@ def frozen_parameters(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-@dataclass
+@params_dataclass(config=PARAMS_CONFIG)
 class CommonHParams:
     """Optimization settings every trainer shares.
 
@@ -53,28 +59,15 @@ class CommonHParams:
     each of ``lr_milestones``, given as fractions of the epochs, e.g. [0.8] halves the rate for
     the last fifth with ``lr_gamma`` 0.5, as Deep Defense fine-tunes)."""
 
-    epochs: int = 20
-    batch_size: int = 50
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    lr_schedule: str = "constant"
-    lr_milestones: list[float] = field(default_factory=lambda: [0.5, 0.75])
-    lr_gamma: float = 0.1
-
-    def validate(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0 or self.weight_decay < 0:
-            raise ConfigError(f"need epochs >= 1, batch_size >= 1, lr > 0, weight_decay >= 0; got "
-                              f"epochs={self.epochs}, batch_size={self.batch_size}, lr={self.lr}, "
-                              f"weight_decay={self.weight_decay}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ConfigError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ConfigError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if not all(0 < m < 1 for m in self.lr_milestones) or not 0 < self.lr_gamma <= 1:
-            raise ConfigError(f"lr_milestones must be fractions in (0, 1) and 0 < lr_gamma <= 1; got "
-                              f"{self.lr_milestones}, {self.lr_gamma}")
+    epochs: PositiveInt = 20
+    batch_size: PositiveInt = 50
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: PositiveReal = 1e-3
+    momentum: NonNegativeReal = 0.9
+    weight_decay: NonNegativeReal = 0.0
+    lr_schedule: Literal["constant", "cyclic", "multistep"] = "constant"
+    lr_milestones: list[Milestone] = field(default_factory=lambda: [0.5, 0.75])
+    lr_gamma: Annotated[float, PlainValidator(number(gt=0, le=1))] = 0.1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +149,11 @@ class EpochContext:
     counter: PassCounter
 
 
+@params_dataclass(config=PARAMS_CONFIG)
+class NoParams:
+    """The hyper-parameters of a defense that has none of its own."""
+
+
 class EpochCallback(Protocol):
     def __call__(self, epoch: int, model: nn.Module, record: EpochRecord) -> None: ...
 
@@ -205,7 +203,7 @@ class Trainer(ABC):
 
     name = "trainer"
     #: The dataclass of this defense's own hyper-parameters (its strength knob among them).
-    Params: type = type("NoParams", (), {"__dataclass_fields__": {}})
+    Params: type = NoParams
     #: True for defenses that fine-tune a trained model (the suite must give ``init_from``).
     fine_tunes = False
     #: True for defenses whose ``end_epoch`` may report a collapse (the loop then keeps a copy
@@ -213,7 +211,6 @@ class Trainer(ABC):
     detects_collapse = False
 
     def __init__(self, common: CommonHParams, params: Any) -> None:
-        common.validate()
         self.common = common
         self.params = params
         #: Auxiliary networks trained with the classifier (created by ``setup``), and the registered
@@ -371,6 +368,18 @@ def build_trainer(name: str, params: dict[str, Any]) -> Trainer:
         raise ConfigError(f"defense {cls.name!r} got unknown hyper-parameter(s) {unknown}"
                           f"{did_you_mean(unknown[0], common_names | specific_names)} (accepted: "
                           f"{sorted(common_names | specific_names)})")
-    common = CommonHParams(**{k: v for k, v in params.items() if k in common_names})
-    specific = cls.Params(**{k: v for k, v in params.items() if k in specific_names})
+    try:
+        common = CommonHParams(**{k: v for k, v in params.items() if k in common_names})
+        specific = cls.Params(**{k: v for k, v in params.items() if k in specific_names})
+    except ValidationError as err:
+        raise ConfigError(f"defense {cls.name!r}: {one_line(err)}") from None
     return cls(common, specific)
+
+
+def common_hparams(values: dict[str, Any]) -> CommonHParams:
+    """The shared optimization settings from a mapping (a suite's ``training``); wrong names or
+    types are one ``ConfigError`` naming each field."""
+    try:
+        return CommonHParams(**values)
+    except ValidationError as err:
+        raise ConfigError(one_line(err)) from None

@@ -24,13 +24,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from pydantic.dataclasses import dataclass as pydantic_dataclass
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from attacks.gradient import rowwise_input_gradients
+from bench.core.params import PARAMS_CONFIG, NonNegativeReal, PositiveInt, PositiveReal
 from bench.datasets import Dataset
-from bench.errors import ConfigError
 from defenses.base import BatchContext, BatchOutput, Trainer
 from defenses.registry import register_defense
 
@@ -101,16 +102,16 @@ def deep_defense_regularizer(unroll: DeepFoolUnroll, x: torch.Tensor, c: float, 
     return torch.where(unroll.correct, torch.exp(-c * ratio), torch.exp(d * ratio)).sum()
 
 
-@dataclass
+@pydantic_dataclass(config=PARAMS_CONFIG)
 class DeepDefenseParams:
     #: Weight of the regularizer (the strength knob), and the scales of the two exponentials.
-    lam: float = 15.0
-    c: float = 25.0
-    d: float = 5.0
-    max_iter: int = 5
-    overshoot: float = 0.02
+    lam: NonNegativeReal = 15.0
+    c: PositiveReal = 25.0
+    d: PositiveReal = 5.0
+    max_iter: PositiveInt = 5
+    overshoot: NonNegativeReal = 0.02
     #: e added element-wise to w before its norm (5e-6 for MNIST, 1e-5 for CIFAR in the code).
-    norm_eps: float = 5e-6
+    norm_eps: NonNegativeReal = 5e-6
 
 
 @register_defense("deep-defense", strength="lam", paper="Yan, Guo & Zhang 2018, eq. 4-6")
@@ -123,10 +124,6 @@ class DeepDefense(Trainer):
 
     def __init__(self, common, params: DeepDefenseParams) -> None:
         super().__init__(common, params)
-        p = params
-        if p.lam < 0 or p.c <= 0 or p.d <= 0 or p.max_iter < 1 or p.overshoot < 0 or p.norm_eps < 0:
-            raise ConfigError(f"deep-defense: need lam >= 0, c > 0, d > 0, max_iter >= 1, overshoot >= 0, "
-                              f"norm_eps >= 0; got {params}")
 
     def setup(self, model: nn.Module, data: Dataset, device: torch.device,
               generator: torch.Generator) -> None:

@@ -23,15 +23,16 @@ good epoch's weights are kept."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional as F
 
 from attacks.base import isolated_global_rng
 from attacks.gradient import rowwise_input_gradients
+from bench.core.params import PARAMS_CONFIG, Flag, NonNegativeReal, PositiveReal, Real
 from bench.datasets import Dataset
 from bench.errors import ConfigError
 from defenses.base import BatchContext, BatchOutput, EpochContext, Trainer
@@ -93,21 +94,21 @@ def linearized_boundary_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     return logits.detach(), distance[rows, best], step, n
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class EFGSMRecParams:
-    eps: float = 0.3
+    eps: PositiveReal = 0.3
     #: Std of the Gaussian part of the start; None means eps / 2 (the spec suggests a sweep).
-    sigma: float | None = None
-    decay: float = 0.95
+    sigma: NonNegativeReal | None = None
+    decay: Real = 0.95
     #: lambda, the weight of the classification loss (0.1 for MNIST, 0.05 for CIFAR-10).
-    lam: float = 0.1
-    label_smoothing: float = 0.1
+    lam: PositiveReal = 0.1
+    label_smoothing: Real = 0.1
     candidates: str = "all"
-    project: bool = True
+    project: Flag = True
     gamma_init: str = "zero"
-    early_stop: bool = True
-    collapse_drop: float = 0.2
-    probe: bool = True
+    early_stop: Flag = True
+    collapse_drop: Real = 0.2
+    probe: Flag = True
 
 
 @register_defense("efgsm-rec", strength="eps", paper="Chen & Lee 2020, eq. 11-16")

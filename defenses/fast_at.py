@@ -14,15 +14,16 @@ dropping less than 0.2, which the reference rule never sees."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional as F
 
 from attacks.gradient import gradient_ascent
 from attacks.norms import hooks_for
+from bench.core.params import PARAMS_CONFIG, Flag, PositiveInt, PositiveReal, Real
 from bench.datasets import Dataset
 from bench.errors import ConfigError
 from defenses.base import BatchContext, BatchOutput, EpochContext, Trainer
@@ -46,21 +47,21 @@ def pgd_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, st
     return robust
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class FastATParams:
-    eps: float = 0.3
+    eps: PositiveReal = 0.3
     #: FGSM step; None means 1.25 eps (the paper's alpha).
-    alpha: float | None = None
-    early_stop: bool = True
+    alpha: PositiveReal | None = None
+    early_stop: Flag = True
     #: Absolute drop of the probe's robust accuracy that counts as a collapse.
-    collapse_drop: float = 0.2
-    probe_steps: int = 5
+    collapse_drop: Real = 0.2
+    probe_steps: PositiveInt = 5
     #: Training images the probe attacks (the first ones of the split); None: one minibatch, as
     #: the reference code. A larger probe makes the drop test less noisy on small minibatches.
-    probe_size: int | None = None
+    probe_size: PositiveInt | None = None
     #: "previous" (the reference code): a drop from the previous epoch's probe; "best": a drop
     #: from the best probe so far, restoring that epoch.
-    collapse_reference: str = "previous"
+    collapse_reference: Literal["previous", "best"] = "previous"
 
 
 @register_defense("fast-at", strength="eps", paper="Wong, Rice & Kolter 2020")

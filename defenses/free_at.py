@@ -11,25 +11,25 @@ standard epoch, so a nominal budget of E epochs is E / m epochs here: set ``epoc
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional as F
 
+from bench.core.params import PARAMS_CONFIG, PositiveInt, PositiveReal
 from bench.datasets import Dataset
 from bench.errors import ConfigError
 from defenses.base import BatchContext, BatchOutput, Trainer
 from defenses.registry import register_defense
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class FreeATParams:
-    eps: float = 0.3
+    eps: PositiveReal = 0.3
     #: m, the number of replays of each minibatch.
-    replays: int = 8
+    replays: PositiveInt = 8
     #: The perturbation step; None means eps (the paper's choice).
-    step_size: float | None = None
+    step_size: PositiveReal | None = None
 
 
 @register_defense("free-at", strength="eps", paper="Shafahi et al. 2019, Algorithm 1")

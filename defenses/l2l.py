@@ -19,34 +19,40 @@ classifier's optimizer, here both use the run's ``optimizer``); both follow the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional as F
 
 from attacks.base import isolated_global_rng
+from bench.core.params import PARAMS_CONFIG, NonNegativeReal, PositiveInt, PositiveReal
 from bench.datasets import Dataset
-from bench.errors import ConfigError
 from bench.models import build_model
 from bench.models.learned_attackers import l2l_adversarial
-from defenses.base import BatchContext, BatchOutput, Trainer, frozen_parameters, seed_from
+from defenses.base import (
+    BatchContext,
+    BatchOutput,
+    Trainer,
+    frozen_parameters,
+    seed_from,
+)
 from defenses.registry import register_defense
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class L2LParams:
     #: Linf radius of the attacker's output (the strength knob).
-    eps: float = 0.3
+    eps: PositiveReal = 0.3
     #: "slim" or "wide" (seed 003 Table 1); ``attacker_width`` scales its channels (1 = the paper's).
-    attacker_size: str = "slim"
-    attacker_width: float = 1.0
+    attacker_size: Literal["slim", "wide"] = "slim"
+    attacker_width: PositiveReal = 1.0
     #: The attacker's optimizer is Adam with these (the code: 1e-3, wd 2e-4).
-    attacker_lr: float = 1e-3
-    attacker_weight_decay: float = 2e-4
+    attacker_lr: PositiveReal = 1e-3
+    attacker_weight_decay: NonNegativeReal = 2e-4
     #: Attacker updates per minibatch (the code's att_iter).
-    attacker_steps: int = 1
+    attacker_steps: PositiveInt = 1
 
 
 class _LearningToLearn(Trainer):
@@ -57,11 +63,6 @@ class _LearningToLearn(Trainer):
 
     def __init__(self, common, params: L2LParams) -> None:
         super().__init__(common, params)
-        p = params
-        if (p.eps <= 0 or p.attacker_size not in ("slim", "wide") or p.attacker_width <= 0 or p.attacker_lr <= 0
-                or p.attacker_weight_decay < 0 or p.attacker_steps < 1):
-            raise ConfigError(f"{self.name}: need eps > 0, attacker_size 'slim' or 'wide', attacker_width > 0, "
-                              f"attacker_lr > 0, attacker_weight_decay >= 0, attacker_steps >= 1; got {params}")
 
     def setup(self, model: nn.Module, data: Dataset, device: torch.device,
               generator: torch.Generator) -> None:

@@ -12,13 +12,15 @@ The paper's kernel-size rescaling and convex aggregation layers are not applied 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Annotated
 
 import torch
+from pydantic import PlainValidator
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional as F
 
-from bench.errors import ConfigError
+from bench.core.params import PARAMS_CONFIG, NonNegativeReal, number
 from defenses.base import BatchContext, BatchOutput, Trainer
 from defenses.registry import register_defense
 
@@ -31,11 +33,12 @@ def parseval_retraction(weight: torch.Tensor, beta: float, rows: torch.Tensor) -
         flat[rows] = (1 + beta) * sub - beta * sub @ sub.T @ sub
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class ParsevalParams:
     #: Retraction strength, the strength knob.
-    beta: float = 1e-4
-    sample_fraction: float = 0.3
+    beta: NonNegativeReal = 1e-4
+    #: Share of the rows retracted after each step, in (0, 1].
+    sample_fraction: Annotated[float, PlainValidator(number(gt=0, le=1))] = 0.3
 
 
 @register_defense("parseval", strength="beta", paper="Cisse et al. 2017, sec. 3.2")
@@ -47,8 +50,6 @@ class ParsevalTraining(Trainer):
 
     def __init__(self, common, params: ParsevalParams) -> None:
         super().__init__(common, params)
-        if params.beta < 0 or not 0 < params.sample_fraction <= 1:
-            raise ConfigError(f"parseval: need beta >= 0 and 0 < sample_fraction <= 1; got {params}")
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    ctx: BatchContext) -> BatchOutput:

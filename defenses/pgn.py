@@ -18,16 +18,17 @@ MNIST the robustness does not follow c_L, see the README's seeds-b measurements)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
+from pydantic import PlainValidator
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional as F
 
 from attacks.base import isolated_global_rng
+from bench.core.params import PARAMS_CONFIG, Flag, NonNegativeReal, PositiveInt, number
 from bench.datasets import Dataset
-from bench.errors import ConfigError
 from bench.models import build_model
 from bench.models.learned_attackers import class_probability_gradient, pgn_adversarial
 from defenses.base import BatchContext, BatchOutput, EpochContext, Trainer, seed_from
@@ -35,18 +36,19 @@ from defenses.ema import WeightAverage
 from defenses.registry import register_defense
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class PGNParams:
     #: Weight of the squared-L2 penalty on the generator's pixel perturbation (the strength knob;
     #: 50 in the paper's tables, 70 in the code).
-    c_L: float = 50.0
+    c_L: NonNegativeReal = 50.0
     #: Detach the gradient image (no second-order path into the classifier update); the official
     #: code keeps the path (DEFENSE_SPECS sec. 9, item 11).
-    detach_grad_image: bool = False
-    ema_decay: float = 0.998
+    detach_grad_image: Flag = False
+    #: EMA decay of both networks' weights, in [0, 1).
+    ema_decay: Annotated[float, PlainValidator(number(ge=0, lt=1))] = 0.998
     #: Generator conv channels (128 in the paper) and first dense layer (1024).
-    generator_width: int = 128
-    generator_hidden: int = 1024
+    generator_width: PositiveInt = 128
+    generator_hidden: PositiveInt = 1024
 
 
 @register_defense("pgn", strength="c_L", paper="seed 000 (PGN), eq. 4 and sec. 3", aux=("generator",))
@@ -58,10 +60,6 @@ class PerturbationGeneratorTraining(Trainer):
 
     def __init__(self, common, params: PGNParams) -> None:
         super().__init__(common, params)
-        p = params
-        if p.c_L < 0 or not 0 <= p.ema_decay < 1 or p.generator_width < 1 or p.generator_hidden < 1:
-            raise ConfigError(f"pgn: need c_L >= 0, 0 <= ema_decay < 1, generator_width >= 1, "
-                              f"generator_hidden >= 1; got {params}")
         self.average: WeightAverage | None = None
         self._l2_sum, self._l2_count = 0.0, 0
 

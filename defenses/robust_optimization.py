@@ -16,14 +16,15 @@ L1 2 in globally standardized units, std about 0.3) are about 0.06, 0.6 and 0.6 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional as F
 
+from bench.core.params import PARAMS_CONFIG, Flag, PositiveReal
 from bench.enums import Norm
-from bench.errors import ConfigError
 from defenses.base import BatchContext, BatchOutput, Trainer
 from defenses.registry import register_defense
 
@@ -41,12 +42,12 @@ def steepest_ascent_step(grad: torch.Tensor, norm: Norm, radius: float) -> torch
     return step.view_as(grad)
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class ROParams:
-    norm: str = "linf"
+    norm: Literal["linf", "l2", "l1"] = "linf"
     #: Radius r of the uncertainty set, in [0, 1] pixel units (the strength knob).
-    radius: float = 0.06
-    clip: bool = False
+    radius: PositiveReal = 0.06
+    clip: Flag = False
 
 
 @register_defense("ro", strength="radius", paper="Shaham et al. (seed 004), Algorithm 1 / eq. 11")
@@ -59,8 +60,6 @@ class RobustOptimization(Trainer):
     def __init__(self, common, params: ROParams) -> None:
         super().__init__(common, params)
         self.norm = Norm.parse(params.norm)
-        if params.radius <= 0:
-            raise ConfigError(f"ro: radius must be > 0, got {params.radius}")
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                    ctx: BatchContext) -> BatchOutput:

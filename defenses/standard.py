@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional as F
 
+from bench.core.params import PARAMS_CONFIG
 from defenses.base import BatchContext, BatchOutput, Trainer
 from defenses.registry import register_defense
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class StandardParams:
     """Standard training has no defense-specific hyper-parameter."""
 

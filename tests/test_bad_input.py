@@ -122,7 +122,7 @@ CASES = {
                           "model from 'bad_factories:rgb32' fails on digits images of shape (2, 1, 8, 8)"),
     "checkpoint for another architecture": (
         lambda root: ["eval", str(root / "other-arch"), "--protocol", str(root / "good-protocol.yaml")],
-        "cannot build architecture 'lenet' for input (1, 8, 8)"),
+        "meta.json describes the model {'arch': 'lenet'"),
     "missing dataset files": (
         lambda root: ["run", str(write_suite(root, "c6", dataset="mnist")), "--data-root",
                       str(root / "mnist-missing")], "expected files train-images-idx3-ubyte"),

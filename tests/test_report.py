@@ -3,13 +3,13 @@ writes, its determinism, and the page as headless Chromium renders it."""
 
 import json
 import re
-import shutil
 import subprocess
 
 import pandas as pd
 import pytest
 
 from bench.cli import main
+from components import chromium
 from results.curves import CURVES
 
 PROTOCOL = """
@@ -94,12 +94,6 @@ def test_report_errors_are_clear(report, capsys):
     assert main(["report", "--protocol", "tiny-report", "--workdir", str(report),
                  "--match-attack", "nope"]) == 2
     assert "no attack 'nope'" in capsys.readouterr().err
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert path, "this test needs Debian's chromium (apt-get install chromium; .ci/run installs it)"
-    return path
 
 
 HEADLESS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -23,9 +23,9 @@ defenses:
 
 
 @pytest.mark.parametrize("text,message", [
-    (BASE + "    hparams: {epochs: -1}\n", "defenses.0: need epochs >= 1"),
+    (BASE + "    hparams: {epochs: -1}\n", "defenses.0: defense 'standard': epochs: expected an integer >= 1, got -1"),
     (BASE + "  - defense: pgdat\n", "defenses.1: unknown defense 'pgdat'; did you mean 'pgd-at'"),
-    (BASE + "colour: blue\n", "colour: Extra inputs are not permitted"),
+    (BASE + "colour: blue\n", "colour: unknown field"),
     (BASE + "model: {arch: mlp, params: {depth: 2}}\n", "model: model 'mlp' got unknown parameter"),
     (BASE + "training: {epoch: 3}\n", "training: unknown training setting"),
     ("name: t\ndefenses: [\n", "malformed YAML"),
