@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import typing
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 
 from bench.core.console import configure_output
+from bench.core.params import printable
 from bench.errors import AdvarenaError, ConfigError
 
 if TYPE_CHECKING:   # the commands import these lazily, to keep `advarena --help` fast
@@ -20,6 +22,35 @@ if TYPE_CHECKING:   # the commands import these lazily, to keep `advarena --help
     from bench.suite import Protocol, Suite
 
 DEFAULT_WORKDIR = "advarena-runs"
+
+
+def _count(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _amount(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _path(text: str) -> Path:
+    """An argparse type: a non-empty path (an empty one would silently mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a path, got an empty string")
+    return Path(text)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,7 +64,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("where results go")
-    group.add_argument("--workdir", default=DEFAULT_WORKDIR, type=Path,
+    group.add_argument("--workdir", default=DEFAULT_WORKDIR, type=_path,
                        help="folder for the database and checkpoints (default: ./%(default)s)")
     group.add_argument("--db", default=None, metavar="URL",
                        help="SQLAlchemy database URL (default: sqlite:///WORKDIR/advarena.db)")
@@ -42,7 +73,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                             "cifar100, svhn) in their standard formats")
     group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                        help="where to train and attack; auto = cuda when available (default: auto)")
-    group.add_argument("--threads", type=int, default=None,
+    group.add_argument("--threads", type=_count, default=None,
                        help="torch CPU threads (default: torch's choice)")
     group.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                        help="import MODULE first: it registers defenses, models or attacks (repeatable; "
@@ -61,9 +92,9 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--address", default=None, metavar="ADDR",
                        help="Ray cluster to join, e.g. ray://head:10001 or auto (default: start a local Ray "
                             "instance); the store must be one every node reaches (--db postgresql://...)")
-    group.add_argument("--ray-cpus", type=int, default=None, metavar="N",
+    group.add_argument("--ray-cpus", type=_count, default=None, metavar="N",
                        help="CPUs of the local Ray instance (default: all of this machine's)")
-    group.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",
+    group.add_argument("--cpus-per-task", type=_amount, default=1.0, metavar="N",
                        help="CPUs each Ray task asks for; it runs torch with that many threads unless "
                             "--threads is given (default: %(default)s); a task asks for 1 GPU when the device "
                             "is cuda")
@@ -98,12 +129,12 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Attack one checkpoint folder (weights.safetensors + meta.json), or a "
                                           "model trained elsewhere (--model-factory and --weights), with every "
                                           "attack of a protocol.")
-    evaluate.add_argument("checkpoint", type=Path, nargs="?", default=None,
+    evaluate.add_argument("checkpoint", type=_path, nargs="?", default=None,
                           help="checkpoint folder (omit with --model-factory)")
     evaluate.add_argument("--model-factory", default=None, metavar="MODULE:CALLABLE",
                           help="build an external model with this callable (it takes [0, 1] images, returns "
                                "logits); needs --weights")
-    evaluate.add_argument("--weights", type=Path, default=None, metavar="FILE",
+    evaluate.add_argument("--weights", type=_path, default=None, metavar="FILE",
                           help="the external model's weights: .safetensors, or a torch file (.pt/.pth/.bin) "
                                "loaded with weights_only=True")
     evaluate.add_argument("--factory-kwargs", default="{}", metavar="JSON",
@@ -131,13 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
                                         "and the curves, as index.html, report.md, tables/*.csv|json and "
                                         "figures/*.png|svg.")
     report.add_argument("--protocol", default="quick", help="protocol name (default: %(default)s)")
-    report.add_argument("--out", type=Path, default=None, help="output folder (default: WORKDIR/report)")
-    report.add_argument("--target-accuracy", type=float, default=None, metavar="PERCENT",
+    report.add_argument("--out", type=_path, default=None, help="output folder (default: WORKDIR/report)")
+    report.add_argument("--target-accuracy", type=_amount, default=None, metavar="PERCENT",
                         help="benign accuracy to match at, in %% (default: the standard model's, per "
                              "architecture)")
     report.add_argument("--match-attack", default=None, metavar="ATTACK_ID",
                         help="attack whose robust accuracy is matched (default: the Linf worst case)")
-    report.add_argument("--tolerance", type=float, default=0.5, metavar="POINTS",
+    report.add_argument("--tolerance", type=_amount, default=0.5, metavar="POINTS",
                         help="nearest-checkpoint tolerance in accuracy points (default: %(default)s)")
     report.add_argument("--eps-ref", action="append", default=[], metavar="ARCH=LABEL",
                         help="reference model of the FGS eps_ref per architecture (repeatable; default: "
@@ -157,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS),
                        help="comma-separated wildcards over protocol attack ids to re-run (default: %(default)s)")
     audit.add_argument("--protocol", default=None, help="audit the evaluation under this protocol (default: newest)")
-    audit.add_argument("--masking-tolerance", type=float, default=2.0, metavar="POINTS",
+    audit.add_argument("--masking-tolerance", type=_amount, default=2.0, metavar="POINTS",
                        help="tolerance of the gradient-masking checks (default: %(default)s)")
     audit.add_argument("--retrain", action="store_true",
                        help="also train each run again from its stored configuration and compare")
@@ -171,19 +202,19 @@ def build_parser() -> argparse.ArgumentParser:
                                       "with glibc malloc thresholds set (see the README) unless they are set.")
     perf.add_argument("--model", default="mnist-cnn",
                       help="zoo architecture, trained with the suite's 'standard' recipe (default: %(default)s)")
-    perf.add_argument("--checkpoint", type=Path, default=None,
+    perf.add_argument("--checkpoint", type=_path, default=None,
                       help="use this checkpoint folder instead of training --model")
     perf.add_argument("--suite", default="default",
                       help="suite whose 'standard' defense and protocol give the recipe and data "
                            "(default: %(default)s)")
-    perf.add_argument("--n", type=int, default=1000, help="eval images attacked (default: %(default)s)")
-    perf.add_argument("--slow-n", type=int, default=250,
+    perf.add_argument("--n", type=_count, default=1000, help="eval images attacked (default: %(default)s)")
+    perf.add_argument("--slow-n", type=_count, default=250,
                       help="images for torchattacks' DeepFool, about 3-7 img/s on 2 cores (default: %(default)s)")
-    perf.add_argument("--batch-size", type=int, default=250, help="attack batch size (default: %(default)s)")
+    perf.add_argument("--batch-size", type=_count, default=250, help="attack batch size (default: %(default)s)")
     perf.add_argument("--only", default="*",
                       help="wildcard over case names: FGSM, PGD-40, MIM-10, PGD-L2-40, DeepFool, CW-L2, "
                            "APGD-CE, AutoAttack (default: all)")
-    perf.add_argument("--out", type=Path, default=None,
+    perf.add_argument("--out", type=_path, default=None,
                       help="JSON output file (default: WORKDIR/perf/perf-MODEL.json)")
     _add_common(perf)
 
@@ -193,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "names, stated in the file's footnote), eps, architecture and "
                                         "additional_data.")
     export.add_argument("--protocol", default="quick", help="protocol name (default: %(default)s)")
-    export.add_argument("--out", type=Path, default=None, help="output folder (default: WORKDIR/model_info)")
+    export.add_argument("--out", type=_path, default=None, help="output folder (default: WORKDIR/model_info)")
     export.add_argument("--attack", default=None, metavar="ATTACK_ID",
                         help="attack row for autoattack_acc when the protocol has no autoattack (e.g. "
                              "worst-case-linf-0.3)")
@@ -205,8 +236,17 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Store model_info JSON files (or folders of them) as reference rows: "
                                            "the leaderboard and report show them beside our evaluations, marked "
                                            "'reported, not re-evaluated'.")
-    importing.add_argument("paths", type=Path, nargs="+", help="model_info .json files or folders")
+    importing.add_argument("paths", type=_path, nargs="+", help="model_info .json files or folders")
     _add_common(importing)
+
+    validate = sub.add_parser("validate", help="check suites and protocols without running anything",
+                              description="Read each suite or protocol (a shipped name or a .yaml path), build every "
+                                          "trainer and attack it names and plan its jobs; nothing is trained, "
+                                          "attacked or stored. Exit status 2 at the first problem.")
+    validate.add_argument("configs", nargs="+", metavar="SUITE|PROTOCOL",
+                          help="shipped suite or protocol names, or paths to .yaml files")
+    validate.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                          help="import MODULE first, so its registrations validate (repeatable)")
 
     listing = sub.add_parser("list", help="list registered names (wildcards allowed)",
                              description="List datasets, models, defenses, attacks, or shipped protocols "
@@ -219,20 +259,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _context(args: argparse.Namespace) -> Context:
-    from bench.runner import Context
-    from results.store import Store, default_url
-
+def _device(args: argparse.Namespace) -> torch.device:
+    """The device (and torch's CPU threads) the command asks for; changes nothing on disk."""
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
     if args.threads:
         torch.set_num_threads(args.threads)
     elif args.command == "perf":
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
-    device = torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and
-                                                              torch.cuda.is_available()) else "cpu")
+    return torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and
+                                                            torch.cuda.is_available()) else "cpu")
+
+
+def _context(args: argparse.Namespace, device: torch.device | None = None, existing: bool = False) -> Context:
+    """Open the store (creating the work directory and an SQLite file unless ``existing``: a
+    command that only reads the store refuses to make an empty one)."""
+    from bench.runner import Context
+    from results.store import Store, default_url
+
+    device = device if device is not None else _device(args)
+    url = args.db or default_url(args.workdir)
+    if existing and url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise ConfigError(f"no store at {url.removeprefix('sqlite:///')}: run 'advarena run' first, or point "
+                          f"--workdir or --db at an existing one")
+    created = [folder for folder in [args.workdir, *args.workdir.parents] if not folder.exists()]
     args.workdir.mkdir(parents=True, exist_ok=True)
-    store = Store(args.db or default_url(args.workdir))
+    try:
+        store = Store(url)
+    except AdvarenaError:  # a bad --db: leave no empty work directory behind
+        for folder in created:
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     return Context(store=store, workdir=args.workdir.resolve(), device=device, data_root=args.data_root,
                    progress=not args.no_progress)
 
@@ -272,16 +330,20 @@ def _run_jobs(args: argparse.Namespace, suite: Suite, protocol: Protocol,
               evaluate: bool) -> tuple[Context, list[TrainedModel]]:
     """The suite's missing jobs, on the executor ``--executor`` names; returns the context and the
     trained surrogates and defenses."""
+    from bench.datasets import load_dataset
+
     _check_executor(args)
-    ctx = _context(args)
+    device = _device(args)
+    dataset = load_dataset(protocol.dataset, args.data_root)  # missing data: nothing written yet
+    ctx = _context(args, device)
     if args.executor == "ray":
         from bench.ray_executor import run_suite_on_ray
 
         return ctx, run_suite_on_ray(suite, protocol, ctx, _worker_settings(args, ctx), args.address,
-                                     args.ray_cpus, args.cpus_per_task, evaluate)
+                                     args.ray_cpus, args.cpus_per_task, evaluate, dataset)
     from bench.runner import run_suite
 
-    return ctx, run_suite(suite, protocol, ctx, evaluate)
+    return ctx, run_suite(suite, protocol, ctx, evaluate, dataset)
 
 
 def _check_executor(args: argparse.Namespace) -> None:
@@ -315,6 +377,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
+    """Every input is read and checked (protocol, model, weights, sources) before the store is
+    opened, so a bad one writes nothing."""
     from bench.checkpoints import load_checkpoint
     from bench.datasets import load_dataset
     from bench.evaluate import SourceModel
@@ -326,32 +390,48 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if (args.model_factory is None) != (args.weights is None):
         raise ConfigError("--model-factory and --weights go together")
     protocol = load_protocol(args.protocol)
-    ctx = _context(args)
-    dataset = load_dataset(protocol.dataset, ctx.data_root)
+    kwargs = _json_object(args.factory_kwargs, "--factory-kwargs")
+    roles = [_source_role(item) for item in args.source]
+    needed = sorted({str(spec.source) for spec, _ in protocol.expanded_attacks() if spec.source_kind == "surrogate"})
+    missing = [role for role in needed if role not in dict(roles)]
+    if missing:
+        raise ConfigError(f"protocol {protocol.name!r} transfers from {missing}: give --source ROLE=CHECKPOINT "
+                          f"for each")
+    device = _device(args)
+    dataset = load_dataset(protocol.dataset, args.data_root)
+    if args.model_factory:
+        from bench.external import load_external
+
+        model, weights_sha = load_external(args.model_factory, args.weights, kwargs, dataset, device)
+    else:
+        model, checkpoint = load_checkpoint(args.checkpoint, device)
+    loaded = [(role, *load_checkpoint(folder, device)) for role, folder in roles]
+    ctx = _context(args, device)
     if args.model_factory:
         from bench.runner import store_external
 
-        model, checkpoint, checkpoint_id = store_external(args.model_factory, args.weights,
-                                                          _json_object(args.factory_kwargs, "--factory-kwargs"),
-                                                          args.label or args.weights.stem, dataset, ctx)
+        checkpoint, checkpoint_id = store_external(model, weights_sha, args.model_factory, args.weights, kwargs,
+                                                   args.label or args.weights.stem, dataset, ctx)
     else:
-        model, checkpoint = load_checkpoint(args.checkpoint, ctx.device)
         checkpoint_id = ctx.store.add_checkpoint(None, checkpoint.sha256, str(checkpoint.path), checkpoint.meta,
                                                  final=True)
     if checkpoint.meta["dataset"].get("fingerprint") not in (None, dataset.fingerprint()):
         logging.getLogger("advarena").warning("checkpoint was trained on other data than %s", dataset.name)
     sources = {}
-    for item in args.source:
-        role, _, folder = item.partition("=")
-        if not role or not folder:
-            raise ConfigError(f"--source expects ROLE=CHECKPOINT, got {item!r}")
-        source_model, source_ckpt = load_checkpoint(folder, ctx.device)
+    for role, source_model, source_ckpt in loaded:
         source_id = ctx.store.add_checkpoint(None, source_ckpt.sha256, str(source_ckpt.path),
                                              source_ckpt.meta, final=True)
         sources[role] = SourceModel(source_model, source_ckpt.sha256, source_id)
     label = checkpoint.meta.get("label", checkpoint.path.name)
     ran = ensure_evaluated(model, checkpoint, checkpoint_id, dataset, protocol, sources, ctx, label)
     print(f"{label}: {'evaluated' if ran else 'already evaluated'} under {protocol.name} v{protocol.version}")
+
+
+def _source_role(item: str) -> tuple[str, str]:
+    role, _, folder = item.partition("=")
+    if not role or not folder:
+        raise ConfigError(f"--source expects ROLE=CHECKPOINT, got {item!r}")
+    return role, folder
 
 
 def _json_object(text: str, option: str) -> dict:
@@ -380,7 +460,7 @@ def cmd_perf(args: argparse.Namespace) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
-    _print_leaderboard(_context(args), args.protocol, args.format)
+    _print_leaderboard(_context(args, existing=True), args.protocol, args.format)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -397,7 +477,7 @@ def cmd_report(args: argparse.Namespace) -> None:
         if not sep or not arch or not label:
             raise ConfigError(f"--eps-ref expects ARCH=LABEL, got {item!r}")
         references[arch] = label
-    ctx = _context(args)
+    ctx = _context(args, existing=True)
     options = MatchingOptions(target=None if args.target_accuracy is None else args.target_accuracy / 100,
                               attack=args.match_attack, tolerance=args.tolerance / 100)
     try:
@@ -416,7 +496,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
     if bool(args.all) == bool(args.target):
         raise ConfigError("give a checkpoint folder or run label, or --all (not both)")
-    ctx = _context(args)
+    ctx = _context(args, existing=True)
     with ctx.store.session() as session:
         query = (select(CheckpointRow, TrainingRun).outerjoin(TrainingRun, CheckpointRow.run_id == TrainingRun.id)
                  .where(CheckpointRow.id.in_(select(Evaluation.checkpoint_id))).order_by(CheckpointRow.id))
@@ -457,7 +537,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> None:
     from results.interop import export_model_info, reference_infos, write_model_info
 
-    ctx = _context(args)
+    ctx = _context(args, existing=True)
     out = args.out or ctx.workdir / "model_info"
     if args.references:
         infos = reference_infos(ctx.store)
@@ -471,12 +551,31 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_import_reference(args: argparse.Namespace) -> None:
-    from results.interop import import_model_info
+    from results.interop import import_model_info, read_model_infos
 
+    parsed = read_model_infos(args.paths)
     ctx = _context(args)
-    ids = import_model_info(ctx.store, args.paths)
+    ids = import_model_info(ctx.store, parsed)
     print(f"imported {len(ids)} reference row(s) (reported, not re-evaluated)")
     _print_references(ctx.store)
+
+
+def cmd_validate(args: argparse.Namespace) -> None:
+    from bench.jobs import plan_training
+    from bench.suite import Suite, load_config, load_protocol
+
+    for name in args.configs:
+        config = load_config(name)
+        if isinstance(config, Suite):
+            defenses, surrogates = plan_training(config)
+            protocol = load_protocol(config.protocol).with_attacks(config.attacks)
+            print(f"suite {config.name}: valid; {len(defenses)} defense and {len(surrogates)} surrogate training "
+                  f"job(s) ({', '.join(job.label for job in defenses)}); protocol {protocol.name} "
+                  f"v{protocol.version} with {len(protocol.expanded_attacks())} attack runs")
+        else:
+            print(f"protocol {config.name} v{config.version}: valid; {config.dataset}, "
+                  f"{config.eval_subset.size} eval images, {len(config.expanded_attacks())} attack runs "
+                  f"({', '.join(spec.id for spec, _ in config.expanded_attacks())})")
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -509,14 +608,14 @@ def _registry(kind: str):
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard,
             "report": cmd_report, "audit": cmd_audit, "list": cmd_list, "perf": cmd_perf, "export": cmd_export,
-            "import-reference": cmd_import_reference}
+            "import-reference": cmd_import_reference, "validate": cmd_validate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except AdvarenaError as err:
-        print(f"advarena: error: {err}", file=sys.stderr)
+        print(f"advarena: error: {printable(str(err))}", file=sys.stderr)
         return err.exit_code
     configure_output(getattr(args, "quiet", False), getattr(args, "verbose", False))
     try:
@@ -526,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_plugins(getattr(args, "plugin", []), [Path.cwd()])
         status = COMMANDS[args.command](args)
     except AdvarenaError as err:
-        print(f"advarena: error: {err}", file=sys.stderr)
+        print(f"advarena: error: {printable(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("advarena: interrupted; stored jobs are kept, re-run to continue", file=sys.stderr)

@@ -109,12 +109,12 @@ def _import_ray() -> Any:
 
 def run_suite_on_ray(suite: Suite, protocol: Protocol, ctx: Context, settings: WorkerSettings,
                      address: str | None = None, cpus: int | None = None, cpus_per_task: float = 1.0,
-                     evaluate: bool = True) -> list[TrainedModel]:
+                     evaluate: bool = True, dataset: Dataset | None = None) -> list[TrainedModel]:
     """Run the suite's missing jobs as Ray tasks on the cluster at ``address`` (None: start a local
     Ray instance with ``cpus`` CPUs) and wait for all of them; returns the trained surrogates and
     defenses."""
     ray = _import_ray()
-    dataset, _ = load_suite_dataset(protocol, ctx)   # migrates the store and registers the dataset once
+    dataset, _ = load_suite_dataset(protocol, ctx, dataset)   # registers the dataset once
     fingerprint = dataset.fingerprint()
     ray.init(address=address, num_cpus=None if address else (cpus or os.cpu_count()), include_dashboard=False,
              logging_level=logging.WARNING, log_to_driver=True)

@@ -203,8 +203,9 @@ def _load_stored(path: str | Path, sha256: str, device: torch.device) -> tuple[n
     return model, checkpoint
 
 
-def load_suite_dataset(protocol: Protocol, ctx: Context) -> tuple[Dataset, int]:
-    dataset = load_dataset(protocol.dataset, ctx.data_root)
+def load_suite_dataset(protocol: Protocol, ctx: Context, dataset: Dataset | None = None) -> tuple[Dataset, int]:
+    """The protocol's dataset (``dataset`` when the caller loaded it already) and its store id."""
+    dataset = dataset if dataset is not None else load_dataset(protocol.dataset, ctx.data_root)
     return dataset, ctx.store.dataset_id(dataset.fingerprint(), dataset.describe())
 
 
@@ -252,11 +253,12 @@ def evaluate_trained(trained: TrainedModel, dataset: Dataset, protocol: Protocol
                              f"{trained.job.label} epoch {row.epoch}")
 
 
-def run_suite(suite: Suite, protocol: Protocol, ctx: Context, evaluate: bool = True) -> list[TrainedModel]:
+def run_suite(suite: Suite, protocol: Protocol, ctx: Context, evaluate: bool = True,
+              dataset: Dataset | None = None) -> list[TrainedModel]:
     """``advarena run`` (and, without ``evaluate``, ``advarena train``) with the local executor:
     train what is missing, then evaluate every defense under the protocol plus the suite's own
     attacks, one job after another in this process. Returns the trained surrogates and defenses."""
-    dataset, dataset_id = load_suite_dataset(protocol, ctx)
+    dataset, dataset_id = load_suite_dataset(protocol, ctx, dataset)
     defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
     if evaluate:
         sources = attack_sources(suite, defenses, surrogates, ctx.device)
@@ -266,21 +268,20 @@ def run_suite(suite: Suite, protocol: Protocol, ctx: Context, evaluate: bool = T
     return [*surrogates.values(), *defenses]
 
 
-def store_external(spec: str, weights: Path, kwargs: dict, label: str, dataset: Dataset,
-                   ctx: Context) -> tuple[nn.Module, Checkpoint, int]:
-    """Register a model trained elsewhere: load it (``bench.external``), copy it into an advarena
-    checkpoint, and store a finished run marked ``defense: external`` (once per weights file)."""
+def store_external(model: nn.Module, weights_sha: str, spec: str, weights: Path, kwargs: dict, label: str,
+                   dataset: Dataset, ctx: Context) -> tuple[Checkpoint, int]:
+    """Register a model trained elsewhere, loaded by ``bench.external.load_external``: copy it into
+    an advarena checkpoint and store a finished run marked ``defense: external`` (once per model:
+    factory, arguments, code and weights)."""
     from bench.evaluate import predict
-    from bench.external import external_key, external_provenance, load_external, save_external
+    from bench.external import external_key, external_provenance, save_external
 
-    model, weights_sha = load_external(spec, weights, kwargs, dataset, ctx.device)
     provenance = external_provenance(spec, kwargs, weights, weights_sha)
     key = external_key(provenance, dataset.fingerprint())
     dataset_id = ctx.store.dataset_id(dataset.fingerprint(), dataset.describe())
     row = _finished_checkpoint(key, ctx)
     if row is not None:
-        stored, checkpoint = _load_stored(row.path, row.sha256, ctx.device)
-        return stored, checkpoint, row.id
+        return _load_stored(row.path, row.sha256, ctx.device)[1], row.id
     x, y = dataset.x_test.to(ctx.device), dataset.y_test.to(ctx.device)
     benign = float((predict(model, x, 250) == y).float().mean())
     run_id = ctx.store.start_run(key, label=label, role="defense", defense="external", hparams=provenance,
@@ -292,4 +293,4 @@ def store_external(spec: str, weights: Path, kwargs: dict, label: str, dataset: 
                                              final=True)
     ctx.store.finish_run(run_id, 0.0)
     log.info("%s: external model from %s stored (benign accuracy %.2f%%)", label, spec, 100 * benign)
-    return model, checkpoint, checkpoint_id
+    return checkpoint, checkpoint_id

@@ -330,10 +330,19 @@ def _load_yaml(path_or_name: str, kind: str) -> tuple[str, dict[str, Any]]:
     try:
         data = yaml.load(text, Loader=_NumbersLoader)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{source}: malformed YAML: {err}") from None
+        raise ConfigError(f"{source}: malformed YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping at the top level, got {type(data).__name__}")
     return source, data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's error in one line: the problem and where it is."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).strip().splitlines()[0]
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    context = getattr(err, "context", None)
+    return f"{context + ': ' if context else ''}{problem}{where}"
 
 
 def shipped_names(kind: str) -> list[str]:
@@ -348,6 +357,22 @@ def _validate(model: type[BaseModel], source: str, data: dict[str, Any]) -> Any:
         raise ConfigError(_format_validation(source, err)) from None
     except AdvarenaError as err:  # raised by a registry inside a validator
         raise ConfigError(f"{source}: {err}") from None
+
+
+def load_config(name_or_path: str) -> "Suite | Protocol":
+    """A suite or a protocol: a shipped name of either kind, or a YAML file told apart by its
+    content (a suite lists ``defenses``)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        _, data = _load_yaml(name_or_path, "suite or protocol")
+        return load_suite(name_or_path) if "defenses" in data else load_protocol(name_or_path)
+    if name_or_path in shipped_names("suite"):
+        return load_suite(name_or_path)
+    if name_or_path in shipped_names("protocol"):
+        return load_protocol(name_or_path)
+    names = shipped_names("suite") + shipped_names("protocol")
+    raise ConfigError(f"no shipped suite or protocol named {name_or_path!r}{did_you_mean(name_or_path, names)} "
+                      f"(shipped: {', '.join(names)}); or give a path to a .yaml file")
 
 
 def load_protocol(name_or_path: str) -> Protocol:

@@ -124,13 +124,18 @@ def read_model_info(path: Path) -> dict[str, Any]:
             "additional_data": info.get("additional_data"), "source": str(path), "info": info}
 
 
-def import_model_info(store: Store, paths: list[Path]) -> list[int]:
-    """Store each file as a reference row (a file for the same name, dataset, threat model and eps
-    replaces the earlier one); all files are parsed before anything is written."""
+def read_model_infos(paths: list[Path]) -> list[dict[str, Any]]:
+    """The reference rows' fields of every model_info file in ``paths`` (files, or folders
+    searched for .json files); any bad file is an error before anything is stored."""
     files = [f for p in paths for f in (sorted(p.rglob("*.json")) if p.is_dir() else [p])]
     if not files:
         raise ConfigError(f"no model_info .json files in {', '.join(map(str, paths))}")
-    parsed = [read_model_info(f) for f in files]
+    return [read_model_info(f) for f in files]
+
+
+def import_model_info(store: Store, parsed: list[dict[str, Any]]) -> list[int]:
+    """Store each parsed file (``read_model_infos``) as a reference row; one for the same name,
+    dataset, threat model and eps replaces the earlier one."""
     ids = []
     with store.session() as session:
         for fields in parsed:

@@ -71,12 +71,24 @@ NonNegativeInt = Annotated[int, PlainValidator(number(integer=True, ge=0))]
 Flag = Annotated[bool, PlainValidator(_flag)]
 
 
+def _field_name(part: Any) -> str:
+    """A path element as written, quoted when it would not read as a plain name (empty, spaces,
+    control characters)."""
+    text = str(part)
+    return text if text and text.isprintable() and text.strip() == text else repr(part)
+
+
+def printable(message: str) -> str:
+    """``message`` on one line: line breaks and other control characters escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def one_line(err: ValidationError, prefix: str = "") -> str:
     """A pydantic error as one line: ``field: what was expected, got what``; several problems
     joined by "; "."""
     problems = []
     for problem in err.errors():
-        path = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        path = ".".join(_field_name(p) for p in problem["loc"]) or "(top level)"
         message = problem["msg"].removeprefix("Value error, ")
         if "got" not in message and problem.get("type") not in ("missing", "extra_forbidden"):
             message += f", got {problem.get('input')!r}"
