@@ -15,6 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from filelock import FileLock
 from sqlalchemy import Engine, create_engine, delete, event, insert, select, text, update
+from sqlalchemy.pool import NullPool
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -123,12 +124,33 @@ class Store:
         head = ScriptDirectory.from_config(config).get_current_head()
         if self._revision() == head:
             return
-        with self._migration_lock():
-            with self.engine.begin() as connection:
+        engine = self._migration_engine()
+        try:
+            with self._migration_lock(), engine.begin() as connection:
                 if self.dialect == "postgresql":
                     connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
                 config.attributes["connection"] = connection
                 command.upgrade(config, "head")
+        finally:
+            if engine is not self.engine:
+                engine.dispose()
+
+    def _migration_engine(self) -> Engine:
+        """The engine migrations run on: one transaction for all of them, so a process killed
+        midway leaves the schema as it was. PostgreSQL's DDL is transactional as is; Python's
+        sqlite3 commits before each CREATE or ALTER unless it is told to leave transactions to
+        SQLite (``isolation_level=None``) and the transaction is begun explicitly."""
+        if self.dialect != "sqlite":
+            return self.engine
+        engine = create_engine(self.engine.url, poolclass=NullPool)
+
+        def connect(dbapi_connection: Any, record: Any) -> None:
+            _sqlite_pragmas(dbapi_connection, record)
+            dbapi_connection.isolation_level = None
+
+        event.listen(engine, "connect", connect)
+        event.listen(engine, "begin", lambda connection: connection.exec_driver_sql("BEGIN IMMEDIATE"))
+        return engine
 
     def _revision(self) -> str | None:
         with self.engine.connect() as connection:

