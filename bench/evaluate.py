@@ -89,11 +89,26 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     return torch.cat(preds)
 
 
+#: Images of each evaluation kept for the report's gallery: the same seeded positions of the eval
+#: subset for every defense (so every defense's page shows the same digits).
+GALLERY_SIZE = 8
+GALLERY_SEED = 0
+
+
+def gallery_positions(n: int, size: int = GALLERY_SIZE, seed: int = GALLERY_SEED) -> np.ndarray:
+    """Sorted positions into the eval subset of the gallery images: ``size`` drawn without
+    replacement by ``np.random.default_rng(seed)`` (its own generator, not the global one)."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
+
+
 def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-               batch_size: int, progress: bool = False, label: str = "") -> dict[str, Any]:
+               batch_size: int, progress: bool = False, label: str = "",
+               keep: np.ndarray | None = None) -> dict[str, Any]:
     """Attack ``x`` in batches of ``batch_size`` with one generator for the whole set (a
-    ``whole_set`` attack gets every image in one call and batches internally)."""
+    ``whole_set`` attack gets every image in one call and batches internally). With ``keep``
+    (sorted positions), the adversarial images at those positions come back as ``kept``."""
     generator = attack.make_generator(x.device)
+    kept: list[torch.Tensor] = []
     parts: dict[str, list[torch.Tensor]] = {"success": [], "pred": [], "l2": [], "linf": [], "success_step": []}
     forward = backward = 0
     chunk = x.shape[0] if attack.whole_set else batch_size
@@ -105,10 +120,15 @@ def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tenso
             value = getattr(result, name)
             if value is not None:
                 parts[name].append(value.detach().cpu())
+        if keep is not None:
+            inside = keep[(keep >= begin) & (keep < begin + chunk)] - begin
+            kept.append(result.x_adv[torch.as_tensor(inside, dtype=torch.long, device=result.x_adv.device)]
+                        .detach().cpu())
         forward += result.forward_passes
         backward += result.backward_passes
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "forward": forward, "backward": backward,
+            "kept": torch.cat(kept) if kept else None,
             **{name: torch.cat(values) if values else None for name, values in parts.items()}}
 
 
@@ -145,9 +165,12 @@ class PartialRows:
 
 def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
                    sources: dict[str, SourceModel], device: torch.device, progress: bool = True,
-                   label: str = "", partial: PartialRows | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                   label: str = "", partial: PartialRows | None = None,
+                   gallery_dir: Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Attack ``model`` with every protocol attack; returns (evaluation fields, attack rows). With
-    ``partial``, each attack's row is kept as it finishes and a row kept earlier is reused."""
+    ``partial``, each attack's row is kept as it finishes and a row kept earlier is reused. With
+    ``gallery_dir``, the gallery images are written there (``write_gallery``) and the evaluation
+    points to the file."""
     indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
     x = dataset.x_test[indices].to(device)
     y = dataset.y_test[indices].to(device)
@@ -157,6 +180,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     x_l2 = x.flatten(1).norm(dim=1).cpu()
     specs = protocol.expanded_attacks()
     attacks = {spec.id: build_attack(spec, sources) for spec, _ in specs}
+    keep = gallery_positions(len(indices)) if gallery_dir is not None else None
     rows = []
     for position, (spec, grid_of) in enumerate(specs):
         kept = partial.get(position, spec.id) if partial is not None else None
@@ -166,9 +190,11 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
             continue
         attack = attacks[spec.id]
         outcome = run_attack(attack, model, x, y, protocol.batch_size, progress,
-                              f"{label} {spec.id}".strip())
+                              f"{label} {spec.id}".strip(), keep if grid_of is None else None)
         rows.append({**_attack_row(spec, attack, outcome, clean_correct, y.cpu(), indices, x_l2, sources),
                      "grid_of": grid_of})
+        if outcome["kept"] is not None:
+            rows[-1]["gallery_adv"] = outcome["kept"].to(torch.float16).tolist()
         if partial is not None:
             partial.keep(position, rows[-1])
     rows.extend(worst_case_rows([r for r in rows if r["grid_of"] is None], clean_pred, y.cpu(), indices))
@@ -178,7 +204,45 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
                   "subset_hash": subset,
                   "n_examples": int(len(indices)), "benign_accuracy": float(clean_correct.float().mean()),
                   "seconds": time.perf_counter() - start}
+    adversarial = {row["attack_id"]: row.pop("gallery_adv") for row in rows if "gallery_adv" in row}
+    if gallery_dir is not None and keep is not None:
+        evaluation["gallery"] = write_gallery(gallery_dir, x[keep].cpu(), y.cpu()[keep], clean_pred[keep],
+                                              indices[keep], keep, rows, adversarial)
     return evaluation, rows
+
+
+def write_gallery(folder: Path, clean: torch.Tensor, labels: torch.Tensor, clean_pred: torch.Tensor,
+                  example_index: np.ndarray, positions: np.ndarray, rows: list[dict[str, Any]],
+                  adversarial: dict[str, list]) -> dict[str, Any]:
+    """Write the gallery as ``folder/<sha256>.npz`` (content-addressed: float16 clean and
+    adversarial images, labels and predictions per attack) and return the evaluation's pointer to
+    it: the file name under the work directory, its sha256, the images' eval-subset positions and
+    dataset indices, and the attacks it holds."""
+    import hashlib
+    import io
+
+    arrays: dict[str, np.ndarray] = {"clean": clean.to(torch.float16).numpy(), "label": labels.numpy(),
+                                     "clean_pred": clean_pred.numpy(), "example_index": example_index.astype(np.int64)}
+    ids = []
+    for row in rows:
+        if row["attack_id"] not in adversarial:
+            continue
+        ids.append(row["attack_id"])
+        arrays[f"adv/{row['attack_id']}"] = np.asarray(adversarial[row["attack_id"]], dtype=np.float16)
+        arrays[f"pred/{row['attack_id']}"] = np.asarray([row["examples"][int(p)]["pred"] for p in positions],
+                                                        dtype=np.int64)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    digest = hashlib.sha256(b"".join(name.encode() + arrays[name].tobytes() for name in sorted(arrays))).hexdigest()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{digest}.npz"
+    if not path.exists():
+        from bench.checkpoints import atomic_write
+
+        data = buffer.getvalue()
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return {"file": f"{folder.name}/{path.name}", "sha256": digest, "positions": [int(p) for p in positions],
+            "example_index": [int(i) for i in example_index], "attacks": ids}
 
 
 def _attack_row(spec: AttackSpec, attack: Attack, outcome: dict[str, Any], clean_correct: torch.Tensor,

@@ -46,10 +46,10 @@ def _job(spec: TrainSpec, suite: Suite, label: str, role: str, seed: int,
          hparams: dict[str, Any] | None = None) -> TrainJob:
     model = spec.model or suite.model
     trainer = build_trainer(spec.defense, {**suite.training, **(spec.hparams if hparams is None else hparams)})
-    sweep = {spec.knob: trainer.hparams()[spec.knob]} if spec.swept else None
+    sweep = {spec.knob: trainer.hparams()[spec.knob]} if spec.swept or spec.sweep_of else None
     return TrainJob(label=label, role=role, defense=spec.defense, hparams=trainer.hparams(),
                     arch=model.arch, arch_params=dict(model.params), seed=seed,
-                    save_every_epoch=suite.save_every_epoch, entry=spec.label or spec.defense, sweep=sweep)
+                    save_every_epoch=suite.save_every_epoch, entry=spec.entry, sweep=sweep)
 
 
 def plan_training(suite: Suite) -> tuple[list[TrainJob], dict[str, TrainJob]]:
@@ -59,13 +59,13 @@ def plan_training(suite: Suite) -> tuple[list[TrainJob], dict[str, TrainJob]]:
     that surrogate's job)."""
     surrogates = {role: _job(spec, suite, spec.label or role, "surrogate", spec.seed)
                   for role, spec in suite.surrogates.items()}
-    by_label = {spec.label or spec.defense: spec for spec in suite.defenses}
+    by_label = {spec.label or spec.defense: spec for spec in suite.defenses if spec.sweep_of is None}
     defenses: list[TrainJob] = []
     for spec in suite.defenses:
         base = spec.label or spec.defense
         seeds = spec.seeds or suite.seeds
         for hparams in spec.sweep_points():
-            named = f"{base}@{spec.knob}={hparams[spec.knob]:g}" if spec.swept else base
+            named = spec.job_label(hparams)
             for seed in seeds:
                 label = named if len(seeds) == 1 else f"{named}@seed{seed}"
                 job = _job(spec, suite, label, "defense", seed, hparams)

@@ -29,6 +29,9 @@ from results.store import Store
 
 log = logging.getLogger("advarena")
 
+#: Folder of the work directory holding the evaluations' gallery files (``bench.evaluate.write_gallery``).
+GALLERY_FOLDER = "gallery"
+
 
 @dataclass
 class Context:
@@ -184,7 +187,7 @@ def ensure_evaluated(model: nn.Module, checkpoint: Checkpoint, checkpoint_id: in
         log.info("%s: evaluating under protocol %s v%d", label, protocol.name, protocol.version)
         partial = PartialRows(ctx.workdir / "partial" / key[:16])
         evaluation, rows = evaluate_model(model, dataset, protocol, sources, ctx.device, ctx.progress, label,
-                                          partial)
+                                          partial, ctx.workdir / GALLERY_FOLDER)
         ctx.store.save_evaluation({**evaluation, "key": key, "checkpoint_id": checkpoint_id,
                                    "environment": environment_record(ctx.device)}, rows, claim)
         partial.clear()

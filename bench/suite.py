@@ -171,6 +171,11 @@ class TrainSpec(_Strict):
     #: Fine-tune from another entry's trained model: a defense label of the suite (same seed)
     #: or a surrogate role. Required by defenses that only fine-tune (Deep Defense).
     init_from: str | None = None
+    #: More points of another entry's strength sweep (seed 000 sec. 4.2: a defense is matched over
+    #: its sweep): this entry trains the same defense and model with other values of the strength
+    #: knob, and its jobs are labelled and grouped (matching, curves) as that entry's, e.g.
+    #: ``pgd-at@eps=0.1``. The other entry's own jobs keep their labels and content keys.
+    sweep_of: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.@+-]+$", max_length=64)
 
     @model_validator(mode="after")
     def _check(self) -> "TrainSpec":
@@ -190,6 +195,17 @@ class TrainSpec(_Strict):
         from defenses import DEFENSES
 
         return DEFENSES.get(self.defense).metadata.get("strength")
+
+    @property
+    def entry(self) -> str:
+        """The suite entry this spec's jobs belong to: its label, or the entry it adds sweep points to."""
+        return self.sweep_of or self.label or self.defense
+
+    def job_label(self, hparams: dict[str, Any]) -> str:
+        """The label of this spec's job with ``hparams`` (before any seed suffix)."""
+        if self.swept or self.sweep_of:
+            return f"{self.entry}@{self.knob}={hparams[self.knob]:g}"
+        return self.label or self.defense
 
     @property
     def swept(self) -> bool:
@@ -261,12 +277,14 @@ class Suite(_Strict):
 
     @model_validator(mode="after")
     def _unique_labels(self) -> "Suite":
-        labels = [d.label or d.defense for d in self.defenses]
+        own = [d for d in self.defenses if d.sweep_of is None]
+        labels = [d.label or d.defense for d in own]
         duplicates = sorted({n for n in labels if labels.count(n) > 1})
         if duplicates:
             raise ValueError(f"defense labels must be unique (set 'label'), repeated: {duplicates}")
-        by_label = dict(zip(labels, self.defenses))
-        for label, spec in zip(labels, self.defenses):
+        by_label = dict(zip(labels, own))
+        _check_sweep_extensions(self, by_label)
+        for label, spec in zip(labels, own):
             if spec.init_from is None:
                 continue
             parent = by_label.get(spec.init_from) or self.surrogates.get(spec.init_from)
@@ -281,13 +299,46 @@ class Suite(_Strict):
         return self
 
 
+def _check_sweep_extensions(suite: Suite, by_label: dict[str, TrainSpec]) -> None:
+    """A ``sweep_of`` entry names an entry of the same defense and model, has a strength knob,
+    does not fine-tune, and adds knob values no other job of that entry has."""
+    from defenses import build_trainer
+
+    def knob_values(spec: TrainSpec) -> list[str]:
+        return [f"{build_trainer(spec.defense, h).hparams()[spec.knob]:g}" for h in spec.sweep_points()]
+
+    values = {label: knob_values(spec) for label, spec in by_label.items() if spec.knob is not None}
+    for spec in suite.defenses:
+        if spec.sweep_of is None:
+            continue
+        parent = by_label.get(spec.sweep_of)
+        if parent is None:
+            raise ValueError(f"sweep_of {spec.sweep_of!r} is not a defense label of the suite (labels: "
+                             f"{sorted(by_label)})")
+        if spec.knob is None:
+            raise ValueError(f"sweep_of {spec.sweep_of!r}: defense {spec.defense!r} has no strength knob to sweep")
+        if parent.defense != spec.defense or (parent.model or suite.model) != (spec.model or suite.model):
+            raise ValueError(f"sweep_of {spec.sweep_of!r}: expected the same defense and model as that entry "
+                             f"({parent.defense}), got {spec.defense}")
+        if spec.knob not in spec.hparams:
+            raise ValueError(f"sweep_of {spec.sweep_of!r}: give the {spec.knob!r} value(s) it adds")
+        if spec.init_from is not None or spec.label is not None:
+            raise ValueError(f"sweep_of {spec.sweep_of!r}: its jobs take that entry's label and cannot fine-tune; "
+                             f"remove 'label' and 'init_from'")
+        added = knob_values(spec)
+        repeated = sorted(set(added) & set(values.setdefault(spec.sweep_of, [])))
+        if repeated:
+            raise ValueError(f"sweep_of {spec.sweep_of!r}: {spec.knob} value(s) {repeated} are that entry's already")
+        values[spec.sweep_of].extend(added)
+
+
 def _check_attack_sources(suite: Suite) -> None:
     """Each suite attack's ``source`` names a surrogate role, or a defense entry whose defense
     saves the network the attack replays."""
     from attacks import ATTACKS
     from defenses import DEFENSES
 
-    entries = {d.label or d.defense: d for d in suite.defenses}
+    entries = {d.label or d.defense: d for d in suite.defenses if d.sweep_of is None}
     for spec in suite.attacks:
         if spec.source_kind == "surrogate":
             if spec.source not in suite.surrogates:

@@ -106,6 +106,9 @@ class Evaluation(Base):
     environment: Mapped[dict[str, Any]]
     #: The protocol as evaluated (so audits can re-run it without the file); migration 0004.
     protocol_spec: Mapped[Optional[dict[str, Any]]]
+    #: The adversarial-example gallery (``bench.evaluate.write_gallery``): a content-addressed
+    #: file under the work directory, its sha256, and the eval-subset images it shows; 0007.
+    gallery: Mapped[Optional[dict[str, Any]]]
     attacks: Mapped[list["AttackRow"]] = relationship(back_populates="evaluation",
                                                       cascade="all, delete-orphan")
 
