@@ -152,8 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Benign accuracy, robust accuracy per attack and sec/epoch of every "
                                        "stored defense evaluated under a protocol; nothing is recomputed.")
     board.add_argument("--protocol", default="quick", help="protocol name (default: %(default)s)")
-    board.add_argument("--format", default="table", choices=["table", "csv", "json"],
-                       help="output format (default: %(default)s)")
+    board.add_argument("--format", default="table", choices=["table", "csv", "json", "markdown"],
+                       help="output format; csv and json hold every column (default: %(default)s)")
+    board.add_argument("--wide", action="store_true",
+                       help="table and markdown: every attack column (default: the key columns, fitting 120 "
+                            "characters: benign, worst cases, AutoAttack, minimum-norm medians, audit)")
     _add_common(board)
 
     report = sub.add_parser("report", help="write the static leaderboard site (HTML, Markdown, CSV/JSON, curves)",
@@ -295,16 +298,18 @@ def _context(args: argparse.Namespace, device: torch.device | None = None, exist
                    progress=not args.no_progress)
 
 
-def _print_leaderboard(ctx, protocol: str, fmt: str = "table") -> None:
-    from results.leaderboard import format_table, leaderboard
+def _print_leaderboard(ctx, protocol: str, fmt: str = "table", wide: bool = False) -> None:
+    from results.leaderboard import exported, format_table, leaderboard, render
 
     table = leaderboard(ctx.store, protocol)
     if fmt == "csv":
-        sys.stdout.write(table.to_csv(index=False))
+        sys.stdout.write(exported(table).to_csv(index=False, lineterminator="\n"))
     elif fmt == "json":
-        sys.stdout.write(table.to_json(orient="records", indent=2) + "\n")
+        sys.stdout.write(exported(table).to_json(orient="records", indent=2) + "\n")
+    elif fmt == "markdown":
+        print(render(table, wide, "markdown") if not table.empty else f"no evaluations stored under protocol {protocol!r}")
     else:
-        print(format_table(table, protocol))
+        print(format_table(table, protocol, wide))
         _print_references(ctx.store)
 
 
@@ -460,7 +465,7 @@ def cmd_perf(args: argparse.Namespace) -> None:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> None:
-    _print_leaderboard(_context(args, existing=True), args.protocol, args.format)
+    _print_leaderboard(_context(args, existing=True), args.protocol, args.format, args.wide)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -1,6 +1,11 @@
-"""The leaderboard: a pandas table built from the store by SQL, never by attacking again."""
+"""The leaderboard: a pandas table built from the store by SQL, never by attacking again.
+
+Accuracies are percentages computed from exact counts (robust images / images, e.g. 982/1000 ->
+98.2), never from the stored float32 fractions' arithmetic."""
 
 from __future__ import annotations
+
+import textwrap
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -17,7 +22,8 @@ CURVE_ONLY_ATTACKS = ("fgs-line",)
 def latest_evaluations(store: Store, protocol: str) -> pd.DataFrame:
     """One row per final defense checkpoint: its newest evaluation under the protocol's newest version."""
     query = (select(Evaluation.id.label("evaluation_id"), Evaluation.protocol_version,
-                    Evaluation.benign_accuracy, Evaluation.created_at, TrainingRun.id.label("run_id"),
+                    Evaluation.benign_accuracy, Evaluation.n_examples, Evaluation.created_at,
+                    TrainingRun.id.label("run_id"),
                     TrainingRun.label, TrainingRun.defense, TrainingRun.seed, CheckpointRow.arch,
                     CheckpointRow.id.label("checkpoint_id"))
              .join(CheckpointRow, Evaluation.checkpoint_id == CheckpointRow.id)
@@ -42,7 +48,7 @@ def leaderboard(store: Store, protocol: str) -> pd.DataFrame:
     with store.engine.connect() as conn:
         attacks = pd.read_sql(select(AttackRow.evaluation_id, AttackRow.id, AttackRow.attack_id,
                                      AttackRow.threat, AttackRow.eps, AttackRow.robust_accuracy,
-                                     AttackRow.median_l2)
+                                     AttackRow.n_examples, AttackRow.median_l2)
                               .where(AttackRow.evaluation_id.in_(ids), AttackRow.grid_of.is_(None),
                                      AttackRow.attack.notin_(CURVE_ONLY_ATTACKS)), conn)
         timing = pd.read_sql(select(EpochRow.run_id, func.avg(EpochRow.seconds).label("sec_per_epoch"))
@@ -52,18 +58,31 @@ def leaderboard(store: Store, protocol: str) -> pd.DataFrame:
     names = {row.attack_id: _column_name(row) for row in order.itertuples()}
     # bounded attacks: robust accuracy in %; minimum-norm attacks (no eps): median L2 of the
     # perturbations that fooled correctly classified points
-    attacks["value"] = attacks.robust_accuracy.where(attacks.eps.notna(), attacks.median_l2)
-    attacks.loc[attacks.eps.notna(), "value"] *= 100
+    percent = [percent_of(f, n) for f, n in zip(attacks.robust_accuracy, attacks.n_examples)]
+    attacks["value"] = pd.Series(percent, index=attacks.index).where(attacks.eps.notna(), attacks.median_l2)
     robust = attacks.pivot(index="evaluation_id", columns="attack_id", values="value")
     robust = robust[list(order.attack_id)].rename(columns=names)
     table = evaluations.merge(timing, on="run_id", how="left").set_index("evaluation_id")
     badges = audit_badges(store)
     table["audit"] = [badges.get(int(c), "-") for c in table.checkpoint_id]
+    table["benign_accuracy"] = [percent_of(f, n) for f, n in zip(table.benign_accuracy, table.n_examples)]
     table = table[["label", "defense", "arch", "seed", "benign_accuracy", "sec_per_epoch", "audit"]].join(robust)
-    table["benign_accuracy"] *= 100
     columns = ["label", "defense", "arch", "seed", "benign_accuracy", *names.values(), "sec_per_epoch", "audit"]
     return table[columns].rename(columns={"benign_accuracy": "benign", "sec_per_epoch": "sec/epoch"}
                                  ).reset_index(drop=True)
+
+
+def exact_count(fraction: float, n: int) -> int:
+    """The count behind a stored fraction of ``n`` images (stored as float32 arithmetic left it)."""
+    return int(round(float(fraction) * int(n)))
+
+
+def percent_of(fraction: float, n: int) -> float:
+    """A stored fraction of ``n`` images as a percentage from its exact count: 0.98199999 of
+    1000 -> 982 * 100 / 1000 = 98.2."""
+    if pd.isna(fraction):
+        return float("nan")
+    return exact_count(fraction, n) * 100 / int(n)
 
 
 def audit_badges(store: Store) -> dict[int, str]:
@@ -88,12 +107,78 @@ def _column_name(row) -> str:
     return row.attack_id
 
 
-def format_table(table: pd.DataFrame, protocol: str) -> str:
+#: The terminal's width the default table must fit.
+TERMINAL_WIDTH = 120
+
+
+def key_columns(table: pd.DataFrame) -> list[str]:
+    """The columns of the default (narrow) table: label, benign accuracy, every threat model's
+    worst case, AutoAttack, minimum-norm medians, audit."""
+    keep = ["label", "benign"]
+    keep += [c for c in table.columns if str(c).startswith("worst-case-")]
+    keep += [c for c in table.columns if str(c).startswith("autoattack")]
+    keep += [c for c in table.columns if str(c).endswith("median L2")]
+    return [*dict.fromkeys(keep), "audit"]
+
+
+def short_name(column: str) -> str:
+    """A narrow header for the terminal: ``worst-case-linf-0.3`` -> ``worst linf 0.3``."""
+    if column.startswith("worst-case-"):
+        norm, _, eps = column.removeprefix("worst-case-").partition("-")
+        return f"worst {norm} {eps}"
+    if column.startswith("autoattack-"):
+        norm, _, eps = column.removeprefix("autoattack-").partition("-")
+        return f"AA {norm} {eps}"
+    return column.replace(" median L2", " med L2")
+
+
+def _clip(text: object, width: int) -> str:
+    text = str(text)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def render(table: pd.DataFrame, wide: bool = False, fmt: str = "table") -> str:
+    """The leaderboard as text: ``table`` (pandas ``to_string``) or ``markdown`` (``to_markdown``);
+    without ``wide`` only the key columns, with long labels and badges clipped so that the table
+    fits ``TERMINAL_WIDTH`` columns. Accuracies: one decimal; norms: three significant digits."""
+    shown = table if wide else table[key_columns(table)].rename(columns=short_name)
+    text = shown.astype(object).copy()
+    for column in shown.columns:
+        values = shown[column]
+        if column in ("seed",) or not pd.api.types.is_float_dtype(values):
+            text[column] = ["-" if pd.isna(v) else str(v) for v in values]
+        elif "L2" in str(column) or column == "sec/epoch":
+            text[column] = ["-" if pd.isna(v) else f"{v:.3g}" for v in values]
+        else:
+            text[column] = ["-" if pd.isna(v) else f"{v:.1f}" for v in values]
+    for column, width in (("label", 28), ("audit", 30)):
+        clipped = [_clip(v, width) if not wide else str(v) for v in text[column]]
+        longest = max([len(column), *map(len, clipped)])
+        text[column] = [v.ljust(longest) for v in clipped]
+    text.columns = [str(c).ljust(len(text[c].iloc[0])) if c in ("label", "audit") else c for c in text.columns]
+    if fmt == "markdown":
+        return text.to_markdown(index=False, disable_numparse=True)
+    return text.to_string(index=False, justify="right")
+
+
+def exported(table: pd.DataFrame) -> pd.DataFrame:
+    """The table for CSV and JSON: accuracies as computed from exact counts, norms to six
+    significant digits and seconds to milliseconds (float32 noise beyond that means nothing)."""
+    out = table.copy()
+    for column in out.columns:
+        if "L2" in str(column):
+            out[column] = [v if pd.isna(v) else float(f"{v:.6g}") for v in out[column]]
+        elif column == "sec/epoch":
+            out[column] = out[column].round(3)
+    return out
+
+
+def format_table(table: pd.DataFrame, protocol: str, wide: bool = False) -> str:
+    """The terminal leaderboard: a wrapped header and ``render``'s table."""
     if table.empty:
         return f"no evaluations stored under protocol {protocol!r}"
-    header = (f"Leaderboard, protocol {protocol}: accuracy in % on the eval subset "
-              "(robust columns: accuracy under that attack; 'median L2' columns: median size of the "
-              "minimum-norm attack's successful perturbations, in [0, 1] pixel units)")
-    formatters = {c: "{:.3f}".format for c in table.columns if str(c).endswith("median L2")}
-    return header + "\n" + table.to_string(index=False, float_format=lambda v: f"{v:.1f}",
-                                           formatters=formatters, na_rep="-")
+    header = (f"Leaderboard, protocol {protocol}: accuracy in % on the eval subset (robust columns: accuracy "
+              "under that attack, 'worst' the per-image worst case of a threat model; 'L2' columns: median "
+              "size of a minimum-norm attack's successful perturbations, in [0, 1] pixel units)"
+              + ("" if wide else "; --wide shows every attack"))
+    return textwrap.fill(header, TERMINAL_WIDTH) + "\n" + render(table, wide)

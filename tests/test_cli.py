@@ -81,7 +81,13 @@ def test_rerun_skips_every_job_and_prints_the_same_table(tiny_run, capsys):
     assert main(["run", *args]) == 0
     captured = capsys.readouterr()
     assert captured.out == first
-    assert "transfer (black-box)" in first and "pgd-at" in first
+    assert "worst linf 0.1" in first and "pgd-at" in first and "transfer" not in first
+    assert max(map(len, first.splitlines())) <= 120
+    assert main(["leaderboard", "--protocol", "tiny", "--wide", "--workdir", str(root / "work")]) == 0
+    assert "transfer (black-box)" in capsys.readouterr().out
+    assert main(["leaderboard", "--protocol", "tiny", "--format", "markdown", "--workdir", str(root / "work")]) == 0
+    markdown = capsys.readouterr().out.splitlines()
+    assert markdown[0].startswith("| label") and set(markdown[1]) <= set("|-: ") and len(markdown) == 4
     db = sqlite3.connect(root / "work" / "advarena.db")
     assert db.execute("select count(*) from training_runs").fetchone()[0] == 3
     assert db.execute("select count(*) from evaluations").fetchone()[0] == 2
@@ -104,6 +110,11 @@ def test_json_leaderboard(tiny_run, capsys):
     rows = json.loads(capsys.readouterr().out)
     standard = next(r for r in rows if r["label"] == "standard")
     assert standard["benign"] > 80 and standard["pgd"] < standard["benign"]
+    for value in (standard["benign"], standard["pgd"], standard["worst-case-linf-0.1"]):
+        assert value == round(value * 120 / 100) * 100 / 120  # k * 100 / n from the exact count k
+    main(["leaderboard", "--protocol", "tiny", "--format", "csv", "--workdir", str(root / "work")])
+    csv = capsys.readouterr().out
+    assert csv.startswith("label,defense,arch,seed,benign,") and "9999" not in csv and "0000000" not in csv
 
 
 def test_the_same_run_on_postgresql_gives_the_same_leaderboard(tiny_run, postgres_database, tmp_path, capsys):
