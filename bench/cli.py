@@ -486,7 +486,8 @@ def cmd_report(args: argparse.Namespace) -> None:
     options = MatchingOptions(target=None if args.target_accuracy is None else args.target_accuracy / 100,
                               attack=args.match_attack, tolerance=args.tolerance / 100)
     try:
-        index = write_report(ctx.store, args.protocol, args.out or ctx.workdir / "report", options, references)
+        index = write_report(ctx.store, args.protocol, args.out or ctx.workdir / "report", options, references,
+                             ctx.workdir)
     except ValueError as err:
         raise ConfigError(str(err)) from None
     print(index)

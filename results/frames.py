@@ -59,7 +59,8 @@ def load_frames(store: Store, protocol: str) -> StoreFrames:
     """Frames of the newest stored version of ``protocol``; each checkpoint's newest evaluation."""
     query = (select(Evaluation.id.label("evaluation_id"), Evaluation.protocol_version,
                     Evaluation.benign_accuracy, Evaluation.n_examples, Evaluation.created_at,
-                    Evaluation.environment, CheckpointRow.id.label("checkpoint_id"), CheckpointRow.sha256,
+                    Evaluation.environment, Evaluation.subset_hash, Evaluation.gallery,
+                    CheckpointRow.id.label("checkpoint_id"), CheckpointRow.sha256,
                     CheckpointRow.epoch, CheckpointRow.final, CheckpointRow.arch,
                     TrainingRun.id.label("run_id"), TrainingRun.label, TrainingRun.entry, TrainingRun.sweep,
                     TrainingRun.defense, TrainingRun.seed, TrainingRun.role, TrainingRun.hparams)
