@@ -178,6 +178,20 @@ def build_parser() -> argparse.ArgumentParser:
                              "its Deep Defense entry, else its standard model)")
     _add_common(report)
 
+    compare = sub.add_parser("compare", help="paired comparison of two entries: difference, 95% interval, McNemar",
+                             description="Compare two final checkpoints (run labels) evaluated on the same images "
+                                         "under a protocol, from the stored per-example outcomes: the difference in "
+                                         "robust accuracy A - B with its paired bootstrap 95% interval (10,000 "
+                                         "resamples, seed 0) and McNemar's exact test on the images robust for one "
+                                         "of the two only.")
+    compare.add_argument("a", metavar="A", help="run label of the first entry, e.g. standard")
+    compare.add_argument("b", metavar="B", help="run label of the second entry, e.g. pgd-at")
+    compare.add_argument("--attack", default=None, metavar="ATTACK_ID",
+                         help="attack row compared (default: the report's headline, the strongest threat model's "
+                              "worst case)")
+    compare.add_argument("--protocol", default="quick", help="protocol name (default: %(default)s)")
+    _add_common(compare)
+
     audit = sub.add_parser("audit", help="re-derive stored results from checkpoints; gradient-masking checks",
                            description="Re-hash each checkpoint, reload it, re-run benign accuracy and the "
                                        "chosen stored attacks with the stored seeds and eval subset, diff the "
@@ -493,6 +507,32 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(index)
 
 
+def cmd_compare(args: argparse.Namespace) -> None:
+    from results.frames import load_frames
+    from results.headline import format_p, headline_attack, paired
+
+    frames = load_frames(_context(args, existing=True).store, args.protocol)
+    if frames.checkpoints.empty:
+        raise ConfigError(f"no evaluations stored under protocol {args.protocol!r}; run 'advarena run' first")
+    attack_id = args.attack or headline_attack(frames)
+    known = list(dict.fromkeys(frames.attacks.attack_id))
+    if attack_id not in known:
+        raise ConfigError(f"--attack expects an attack id stored under protocol {args.protocol}, got {attack_id!r} "
+                          f"(stored: {', '.join(known)})")
+    try:
+        result = paired(frames, args.a, args.b, attack_id)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    n = result.n
+    print(f"{args.a} vs {args.b}: {attack_id}, protocol {frames.protocol} v{frames.version}, {n} paired images")
+    print(f"  robust accuracy   {args.a} {100 * round(result.accuracy_a * n) / n:.1f}%   "
+          f"{args.b} {100 * round(result.accuracy_b * n) / n:.1f}%")
+    print(f"  difference A - B  {(result.b - result.c) * 100 / n:+.1f} points, 95% paired bootstrap interval "
+          f"[{100 * result.low:+.1f}, {100 * result.high:+.1f}]")
+    print(f"  McNemar exact     {result.b} images robust for {args.a} only, {result.c} for {args.b} only: "
+          f"p = {format_p(result.p_value)}" + (f" ({result.p_value:.3g})" if result.p_value < 1e-3 else ""))
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from sqlalchemy import select
 
@@ -612,7 +652,7 @@ def _registry(kind: str):
     return registry
 
 
-COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard,
+COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
             "report": cmd_report, "audit": cmd_audit, "list": cmd_list, "perf": cmd_perf, "export": cmd_export,
             "import-reference": cmd_import_reference, "validate": cmd_validate}
 

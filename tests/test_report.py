@@ -42,7 +42,7 @@ defenses:
 surrogates:
   surrogate: {{defense: standard, seed: 1}}
 """
-TABLES = ("leaderboard", "results", "attacks", "minimum-norm", "fgs", "transfer", "training", "environment")
+TABLES = ("headline", "leaderboard", "paired", "paired-long", "results", "attacks", "minimum-norm", "fgs", "transfer", "training", "environment")
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,112 @@ def test_chromium_renders_the_leaderboard_and_every_curve(report, tmp_path):
     images = re.findall(r'<img[^>]*>', dom)
     assert len(images) == len(CURVES)
     assert all('data-state="loaded"' in img for img in images), images
-    shot = tmp_path / "report.png"
-    subprocess.run([chromium(), *HEADLESS, f"--user-data-dir={tmp_path / 'profile2'}", "--window-size=1400,2400",
-                    f"--screenshot={shot}", index.as_uri()], capture_output=True, timeout=120, check=True)
-    assert shot.stat().st_size > 10_000
+
+
+def test_the_headline_ranks_every_final_checkpoint(report):
+    headline = pd.read_json(report / "report" / "tables" / "headline.json")
+    assert set(headline.label) == {"standard", "pgd-at@eps=0.05", "pgd-at@eps=0.1"}
+    robust = headline["worst-case-linf-0.1"]
+    assert list(headline["rank"]) == [1, 2, 3] and robust.is_monotonic_decreasing
+    for value, low, high in zip(robust, headline["robust 95% low"], headline["robust 95% high"]):
+        assert low < value < high and round(value * 120 / 100, 8) % 1 == 0  # k / 120 images, exactly
+    pairs = pd.read_csv(report / "report" / "tables" / "paired-long.csv")
+    assert len(pairs) == 3 and (pairs["95% low"] <= pairs["A - B"]).all() and (pairs["A - B"] <= pairs["95% high"]).all()
+    index = (report / "report" / "index.html").read_text()
+    assert index.index("id='table-headline'") < index.index("id='table-leaderboard'") < index.index("id='table-paired'")
+
+
+def test_every_evaluation_keeps_a_gallery_of_the_same_images(report):
+    import sqlite3
+
+    import numpy as np
+
+    db = sqlite3.connect(report / "advarena.db")
+    pointers = [json.loads(g) for (g,) in db.execute("select gallery from evaluations")]
+    assert len(pointers) == 6 and len({tuple(p["example_index"]) for p in pointers}) == 1
+    for pointer in pointers:
+        with np.load(report / pointer["file"]) as arrays:
+            assert arrays["clean"].shape == (8, 1, 8, 8) and set(pointer["attacks"]) >= {"fgsm", "pgd", "transfer"}
+            assert np.abs(arrays["adv/pgd"].astype(float) - arrays["clean"]).max() <= 0.1 + 1e-3  # float16
+
+
+def test_compare_prints_the_difference_its_interval_and_the_p_value(report, capsys):
+    where = ["--protocol", "tiny-report", "--workdir", str(report)]
+    assert main(["compare", "standard", "pgd-at@eps=0.1", *where]) == 0
+    out = capsys.readouterr().out
+    pairs = pd.read_csv(report / "report" / "tables" / "paired-long.csv")
+    row = pairs[(pairs.A == "pgd-at@eps=0.1") & (pairs.B == "standard")].iloc[0]
+    assert f"{-row['A - B']:+.1f} points" in out and "95% paired bootstrap interval" in out
+    assert f"[{-row['95% high']:+.1f}, {-row['95% low']:+.1f}]" in out and "McNemar exact" in out and "p = " in out
+    assert main(["compare", "standard", "nobody", *where]) == 2
+    assert "no final checkpoint labelled 'nobody'" in capsys.readouterr().err
+
+
+def test_the_site_uses_no_external_url(report):
+    pages = list((report / "report").rglob("*.html"))
+    assert len(pages) >= 1 + 2 + 5  # index, 2 defense pages, 5 attack galleries
+    for page in pages:
+        text = page.read_text()
+        assert not re.search(r"(?:src|href)\s*=\s*['\"]?(?:https?:)?//", text), page
+        assert "http://" not in text and "https://" not in text and "@import" not in text, page
+
+
+def _cells(browser, table: str, column: int) -> list[str]:
+    return browser.evaluate(f"Array.from(document.querySelectorAll('#{table} tbody tr td:nth-child({column})'))"
+                            ".map(c => c.textContent)")
+
+
+def test_chromium_pages_load_every_image_and_tables_sort_on_click(report, tmp_path):
+    """Index, one defense page and one attack gallery in headless Chromium (DevTools over a pipe):
+    every image decodes, a click on a header sorts the rows, a second click reverses them, the
+    filter hides rows, and the dark scheme is dark. Screenshots go to ADVARENA_SCREENSHOTS if set."""
+    import os
+    import shutil
+
+    from browser import Browser
+
+    site = report / "report"
+    browser = Browser(chromium(), tmp_path / "profile", width=1400, height=1000)
+    try:
+        pages = {"index": site / "index.html", "defense": site / "defenses" / "pgd-at.html",
+                 "gallery": site / "gallery" / "pgd.html"}
+        counts = {}
+        for name, page in pages.items():
+            browser.open(page.as_uri())
+            loaded = browser.evaluate("Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])")
+            assert loaded and all(width > 0 for _, width in loaded), [src for src, width in loaded if not width]
+            counts[name] = len(loaded)
+            browser.screenshot(tmp_path / f"{name}.png")
+        assert counts["defense"] >= 4 + 2 * (8 + 5 * 16) and counts["gallery"] == 8 + 3 * 16
+
+        browser.open(pages["index"].as_uri())
+        before = _cells(browser, "table-headline", 2)
+        browser.click("#table-headline thead th:nth-child(2)")  # label
+        assert _cells(browser, "table-headline", 2) == sorted(before)
+        browser.click("#table-headline thead th:nth-child(2)")
+        assert _cells(browser, "table-headline", 2) == sorted(before, reverse=True)
+        browser.click("#table-headline thead th:nth-child(7)")  # benign accuracy, numerically
+        benign = [float(v) for v in _cells(browser, "table-headline", 7)]
+        assert benign == sorted(benign)
+        browser.evaluate("(() => { const i = document.querySelector('input[data-table=table-headline]'); "
+                         "i.value = 'standard'; i.dispatchEvent(new Event('input')); })()")
+        visible = browser.evaluate("Array.from(document.querySelectorAll('#table-headline tbody tr'))"
+                                   ".filter(r => !r.hidden).length")
+        assert visible == 1
+    finally:
+        browser.close()
+    dark = Browser(chromium(), tmp_path / "profile-dark", dark=True)
+    try:
+        dark.open(pages["index"].as_uri())
+        background = dark.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert sum(map(int, re.findall(r"\d+", background)[:3])) < 3 * 60, background
+        dark.screenshot(tmp_path / "index-dark.png")
+    finally:
+        dark.close()
+    for shot in tmp_path.glob("*.png"):
+        assert shot.stat().st_size > 20_000
+    if os.environ.get("ADVARENA_SCREENSHOTS"):
+        target = os.environ["ADVARENA_SCREENSHOTS"]
+        os.makedirs(target, exist_ok=True)
+        for shot in tmp_path.glob("*.png"):
+            shutil.copy(shot, target)
