@@ -78,6 +78,7 @@ def load_frames(store: Store, protocol: str) -> StoreFrames:
                    .sort_values(["run_id", "final", "epoch"]).reset_index(drop=True))
     checkpoints["entry"] = checkpoints.entry.fillna(checkpoints.label)
     checkpoints["sweep_value"] = [_sweep_value(s) for s in checkpoints.sweep]
+    checkpoints["sweep_value"] = _fill_sweep_values(checkpoints)
     ids = [int(i) for i in checkpoints.evaluation_id]
     with store.engine.connect() as conn:
         attacks = pd.read_sql(select(AttackRow.id, AttackRow.evaluation_id, AttackRow.attack_id, AttackRow.attack,
@@ -94,6 +95,21 @@ def load_frames(store: Store, protocol: str) -> StoreFrames:
                                .where(EpochRow.run_id.in_([int(r) for r in checkpoints.run_id.unique()]))
                                .group_by(EpochRow.run_id).order_by(EpochRow.run_id), conn)
     return StoreFrames(protocol, version, checkpoints, attacks, training, store)
+
+
+def _fill_sweep_values(checkpoints: pd.DataFrame) -> pd.Series:
+    """An entry's run without a recorded sweep value whose siblings sweep one knob (a suite's
+    ``sweep_of`` points) takes that knob's value from its own hyper-parameters."""
+    values = checkpoints.sweep_value.astype(object).copy()
+    for _, group in checkpoints.groupby("entry", sort=False):
+        knobs = {k for s in group.sweep if isinstance(s, dict) for k in s}
+        if len(knobs) != 1:
+            continue
+        knob = knobs.pop()
+        for index, row in group[group.sweep_value.isna()].iterrows():
+            value = (row.hparams or {}).get(knob)
+            values[index] = float(value) if isinstance(value, (int, float)) else None
+    return pd.to_numeric(values, errors="coerce")
 
 
 def _sweep_value(sweep: object) -> float | None:

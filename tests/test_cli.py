@@ -143,7 +143,7 @@ def test_errors_are_one_line_and_exit_2(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("command", ["run", "train", "eval", "leaderboard", "list", "perf", "export",
-                                     "import-reference", "report", "audit"])
+                                     "import-reference", "report", "audit", "compare"])
 def test_every_option_has_help(command):
     parser = build_parser()
     sub = parser._subparsers._group_actions[0].choices[command]
