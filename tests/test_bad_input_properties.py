@@ -185,8 +185,9 @@ ARGUMENTS = st.one_of(st.text(max_size=10), st.sampled_from(
 def command_lines(draw) -> list[str]:
     """A command with options drawn from its own vocabulary and arbitrary values."""
     command = draw(st.sampled_from(["leaderboard", "report", "export", "audit", "list", "eval", "import-reference",
-                                    "validate", "run", "train", "perf", "nonsense"]))
-    options = {"leaderboard": ["--protocol", "--format"],
+                                    "validate", "run", "train", "perf", "compare", "nonsense"]))
+    options = {"leaderboard": ["--protocol", "--format", "--wide"],
+               "compare": ["--protocol", "--attack"],
                "report": ["--protocol", "--target-accuracy", "--match-attack", "--tolerance", "--eps-ref", "--out"],
                "export": ["--protocol", "--attack", "--out"],
                "audit": ["--attacks", "--masking-tolerance", "--protocol"],
@@ -203,6 +204,8 @@ def command_lines(draw) -> list[str]:
                   "eval": ARGUMENTS}.get(command)
     if positional is not None:
         argv.append(draw(positional))
+    if command == "compare":
+        argv += [draw(st.sampled_from(["standard", "pgd-at", "nobody"])), draw(ARGUMENTS)]
     for option in draw(st.lists(st.sampled_from(options + ["--threads", "--device", "--db", "--bogus"]),
                                 max_size=3, unique=True)):
         argv += [option, draw(ARGUMENTS)]
