@@ -145,6 +145,10 @@ def display_frame(table: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     return shown, {c: column_kind(c, shown[c]) for c in shown.columns}
 
 
+#: Columns whose values (run labels, suite entries) link to their defense page.
+LINKED = ("label", "entry", "row - column", "A", "B")
+
+
 def html_table(table: pd.DataFrame, name: str, links: dict[str, str] | None = None) -> str:
     """A sortable, filterable HTML table: numeric cells carry their value in ``data-v`` (the page's
     script sorts by it), labels found in ``links`` link to their defense page."""
@@ -159,7 +163,7 @@ def html_table(table: pd.DataFrame, name: str, links: dict[str, str] | None = No
         for column, value in zip(shown.columns, record):
             kind = kinds[column]
             text = escape(format_value(kind, value))
-            if links and kind == "text" and str(value) in links:
+            if links and column in LINKED and str(value) in links:
                 text = Markup(f"<a href='{escape(links[str(value)])}'>{text}</a>")
             numeric = kind != "text" and not pd.isna(value)
             cells.append(f"<td class='num' data-v='{float(value)!r}'>{text}</td>" if numeric else
