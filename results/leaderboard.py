@@ -137,28 +137,53 @@ def _clip(text: object, width: int) -> str:
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def render(table: pd.DataFrame, wide: bool = False, fmt: str = "table") -> str:
-    """The leaderboard as text: ``table`` (pandas ``to_string``) or ``markdown`` (``to_markdown``);
-    without ``wide`` only the key columns, with long labels and badges clipped so that the table
-    fits ``TERMINAL_WIDTH`` columns. Accuracies: one decimal; norms: three significant digits."""
-    shown = table if wide else table[key_columns(table)].rename(columns=short_name)
+def _text(shown: pd.DataFrame, clip: dict[str, int] | None) -> pd.DataFrame:
+    """Every cell as text: accuracies to one decimal, norms and seconds to three significant
+    digits; label and audit left-aligned and, with ``clip``, clipped to those widths."""
     text = shown.astype(object).copy()
     for column in shown.columns:
         values = shown[column]
-        if column in ("seed",) or not pd.api.types.is_float_dtype(values):
+        if column == "seed" or not pd.api.types.is_float_dtype(values):
             text[column] = ["-" if pd.isna(v) else str(v) for v in values]
         elif "L2" in str(column) or column == "sec/epoch":
             text[column] = ["-" if pd.isna(v) else f"{v:.3g}" for v in values]
         else:
             text[column] = ["-" if pd.isna(v) else f"{v:.1f}" for v in values]
-    for column, width in (("label", 28), ("audit", 30)):
-        clipped = [_clip(v, width) if not wide else str(v) for v in text[column]]
+    for column in ("label", "audit"):
+        clipped = [_clip(v, clip[column]) if clip else str(v) for v in text[column]]
         longest = max([len(column), *map(len, clipped)])
         text[column] = [v.ljust(longest) for v in clipped]
     text.columns = [str(c).ljust(len(text[c].iloc[0])) if c in ("label", "audit") else c for c in text.columns]
-    if fmt == "markdown":
-        return text.to_markdown(index=False, disable_numparse=True)
-    return text.to_string(index=False, justify="right")
+    return text
+
+
+#: Label and audit widths tried, widest first, until the key columns fit the terminal.
+CLIP_WIDTHS = ((28, 30), (22, 22), (18, 16), (14, 12))
+
+
+def render(table: pd.DataFrame, wide: bool = False, fmt: str = "table") -> str:
+    """The leaderboard as text: ``table`` (pandas ``to_string``) or ``markdown`` (``to_markdown``).
+    ``wide``: every column, nothing clipped. Otherwise the key columns, fitting ``TERMINAL_WIDTH``:
+    long labels and badges are clipped (narrower and narrower), and as a last resort the
+    minimum-norm columns after the first are left to ``--wide``."""
+    def draw(text: pd.DataFrame) -> str:
+        if fmt == "markdown":
+            return text.to_markdown(index=False, disable_numparse=True)
+        return text.to_string(index=False, justify="right")
+
+    if wide:
+        return draw(_text(table, None))
+    columns = key_columns(table)
+    norms = [c for c in columns if str(c).endswith("median L2")]
+    while True:
+        shown = table[columns].rename(columns=short_name)
+        for label_width, audit_width in CLIP_WIDTHS:
+            out = draw(_text(shown, {"label": label_width, "audit": audit_width}))
+            if fmt == "markdown" or max(map(len, out.splitlines())) <= TERMINAL_WIDTH:
+                return out
+        if len(norms) <= 1:
+            return out
+        columns.remove(norms.pop())
 
 
 def exported(table: pd.DataFrame) -> pd.DataFrame:
