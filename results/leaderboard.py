@@ -132,6 +132,15 @@ def short_name(column: str) -> str:
     return column.replace(" median L2", " med L2")
 
 
+def _badge(text: object, width: int) -> str:
+    """An audit badge within ``width``: "reproduced [!a !b !c]" becomes "reproduced [3 flags]"."""
+    text = str(text)
+    verdict, _, flags = text.partition(" [")
+    if len(text) <= width or not flags:
+        return _clip(text, width)
+    return _clip(f"{verdict} [{flags.count('!')} flag{'s' if flags.count('!') > 1 else ''}]", width)
+
+
 def _clip(text: object, width: int) -> str:
     text = str(text)
     return text if len(text) <= width else text[:width - 3] + "..."
@@ -150,7 +159,8 @@ def _text(shown: pd.DataFrame, clip: dict[str, int] | None) -> pd.DataFrame:
         else:
             text[column] = ["-" if pd.isna(v) else f"{v:.1f}" for v in values]
     for column in ("label", "audit"):
-        clipped = [_clip(v, clip[column]) if clip else str(v) for v in text[column]]
+        shorten = _badge if column == "audit" else _clip
+        clipped = [shorten(v, clip[column]) if clip else str(v) for v in text[column]]
         longest = max([len(column), *map(len, clipped)])
         text[column] = [v.ljust(longest) for v in clipped]
     text.columns = [str(c).ljust(len(text[c].iloc[0])) if c in ("label", "audit") else c for c in text.columns]
