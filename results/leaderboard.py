@@ -174,8 +174,8 @@ CLIP_WIDTHS = ((28, 30), (22, 22), (18, 16), (14, 12))
 def render(table: pd.DataFrame, wide: bool = False, fmt: str = "table") -> str:
     """The leaderboard as text: ``table`` (pandas ``to_string``) or ``markdown`` (``to_markdown``).
     ``wide``: every column, nothing clipped. Otherwise the key columns, fitting ``TERMINAL_WIDTH``:
-    long labels and badges are clipped (narrower and narrower), and as a last resort the
-    minimum-norm columns after the first are left to ``--wide``."""
+    long labels and badges are clipped, minimum-norm columns after the first left to ``--wide``,
+    and labels and badges clipped narrower, until the table fits."""
     def draw(text: pd.DataFrame) -> str:
         if fmt == "markdown":
             return text.to_markdown(index=False, disable_numparse=True)
@@ -185,15 +185,17 @@ def render(table: pd.DataFrame, wide: bool = False, fmt: str = "table") -> str:
         return draw(_text(table, None))
     columns = key_columns(table)
     norms = [c for c in columns if str(c).endswith("median L2")]
-    while True:
-        shown = table[columns].rename(columns=short_name)
-        for label_width, audit_width in CLIP_WIDTHS:
-            out = draw(_text(shown, {"label": label_width, "audit": audit_width}))
-            if fmt == "markdown" or max(map(len, out.splitlines())) <= TERMINAL_WIDTH:
-                return out
-        if len(norms) <= 1:
-            return out
-        columns.remove(norms.pop())
+    fewest = min(len(norms), 1)
+    # widest labels and badges first; then minimum-norm columns after the first go to --wide;
+    # then narrower labels and badges
+    attempts = [(CLIP_WIDTHS[0], len(norms)), *((CLIP_WIDTHS[1], k) for k in range(len(norms), fewest - 1, -1)),
+                *((widths, fewest) for widths in CLIP_WIDTHS[2:])]
+    for (label_width, audit_width), kept in attempts:
+        shown = table[[c for c in columns if c not in norms[kept:]]].rename(columns=short_name)
+        out = draw(_text(shown, {"label": label_width, "audit": audit_width}))
+        if fmt == "markdown" or max(map(len, out.splitlines())) <= TERMINAL_WIDTH:
+            break
+    return out
 
 
 def exported(table: pd.DataFrame) -> pd.DataFrame:
