@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import sys
 import typing
 from pathlib import Path
@@ -71,7 +72,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-root", default=None, metavar="DIR",
                        help="folder holding file-based datasets (mnist, fashion-mnist, cifar10, "
                             "cifar100, svhn) in their standard formats")
-    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    group.add_argument("--device", default="auto", type=_device_name, metavar="auto|cpu|cuda|cuda:N",
                        help="where to train and attack; auto = cuda when available (default: auto)")
     group.add_argument("--threads", type=_count, default=None,
                        help="torch CPU threads (default: torch's choice)")
@@ -139,6 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
                                "loaded with weights_only=True")
     evaluate.add_argument("--factory-kwargs", default="{}", metavar="JSON",
                           help="keyword arguments of the factory as a JSON object (default: {})")
+    evaluate.add_argument("--robustbench-checkpoint", type=_path, default=None, metavar="FILE",
+                          help="a RobustBench model-zoo .pt file (loaded with weights_only=True) for our zoo "
+                               "architecture --arch; see bench/robustbench.py for the key mapping")
+    evaluate.add_argument("--arch", default=None, metavar="ARCH",
+                          help="architecture of --robustbench-checkpoint: wrn-28-10, wrn-34-10, wrn-34-20, "
+                               "wrn-70-16 or preact-resnet18")
+    evaluate.add_argument("--dataset", default=None, metavar="NAME",
+                          help="dataset --robustbench-checkpoint was trained on; must be the protocol's")
+    evaluate.add_argument("--threat-model", default="Linf", choices=["Linf", "L2", "corruptions"],
+                          help="RobustBench threat model of --robustbench-checkpoint, recorded with it "
+                               "(default: %(default)s)")
     evaluate.add_argument("--label", default=None, help="leaderboard label of the external model "
                                                         "(default: the weights file's stem)")
     evaluate.add_argument("--protocol", default="quick",
@@ -259,16 +271,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _device_name(text: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (a GPU by index)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N (N a GPU index), got {text!r}")
+    return text
+
+
 def _device(args: argparse.Namespace) -> torch.device:
     """The device (and torch's CPU threads) the command asks for; changes nothing on disk."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    if args.device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(f"--device {args.device} was asked for, but torch sees "
+                              f"{count} CUDA device{'s' if count != 1 else ''}")
     if args.threads:
         torch.set_num_threads(args.threads)
     elif args.command == "perf":
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    return torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and
-                                                            torch.cuda.is_available()) else "cpu")
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
 
 
 def _context(args: argparse.Namespace, device: torch.device | None = None, existing: bool = False) -> Context:
@@ -385,11 +409,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from bench.runner import ensure_evaluated
     from bench.suite import load_protocol
 
-    if (args.checkpoint is None) == (args.model_factory is None):
-        raise ConfigError("give a checkpoint folder or --model-factory with --weights (not both)")
+    given = [args.checkpoint is not None, args.model_factory is not None, args.robustbench_checkpoint is not None]
+    if sum(given) != 1:
+        raise ConfigError("give one of: a checkpoint folder, --model-factory with --weights, or "
+                          "--robustbench-checkpoint with --arch and --dataset")
     if (args.model_factory is None) != (args.weights is None):
         raise ConfigError("--model-factory and --weights go together")
+    if (args.robustbench_checkpoint is None) != (args.arch is None) or \
+            (args.robustbench_checkpoint is None) != (args.dataset is None):
+        raise ConfigError("--robustbench-checkpoint, --arch and --dataset go together")
     protocol = load_protocol(args.protocol)
+    if args.dataset is not None and args.dataset != protocol.dataset:
+        raise ConfigError(f"--dataset {args.dataset} but protocol {protocol.name!r} evaluates on {protocol.dataset}")
     kwargs = _json_object(args.factory_kwargs, "--factory-kwargs")
     roles = [_source_role(item) for item in args.source]
     needed = sorted({str(spec.source) for spec, _ in protocol.expanded_attacks() if spec.source_kind == "surrogate"})
@@ -403,6 +434,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from bench.external import load_external
 
         model, weights_sha = load_external(args.model_factory, args.weights, kwargs, dataset, device)
+    elif args.robustbench_checkpoint:
+        from bench.robustbench import load_robustbench
+
+        model = load_robustbench(args.robustbench_checkpoint, args.arch, tuple(dataset.input_shape),
+                                 dataset.num_classes).to(device)
     else:
         model, checkpoint = load_checkpoint(args.checkpoint, device)
     loaded = [(role, *load_checkpoint(folder, device)) for role, folder in roles]
@@ -412,6 +448,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         checkpoint, checkpoint_id = store_external(model, weights_sha, args.model_factory, args.weights, kwargs,
                                                    args.label or args.weights.stem, dataset, ctx)
+    elif args.robustbench_checkpoint:
+        from bench.runner import store_robustbench
+
+        checkpoint, checkpoint_id = store_robustbench(model, args.arch, args.robustbench_checkpoint,
+                                                      args.threat_model,
+                                                      args.label or args.robustbench_checkpoint.stem, dataset, ctx)
     else:
         checkpoint_id = ctx.store.add_checkpoint(None, checkpoint.sha256, str(checkpoint.path), checkpoint.meta,
                                                  final=True)
