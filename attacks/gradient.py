@@ -227,7 +227,7 @@ class GradientAttack(Attack):
         return x_adv
 
 
-@register_attack("fgsm", kind="bounded", paper="Goodfellow et al. 2015 (FGSM; FGM for L2)")
+@register_attack("fgsm", kind="bounded", gradients=True, paper="Goodfellow et al. 2015 (FGSM; FGM for L2)")
 class FGSM(GradientAttack):
     """Fast gradient (sign) method: one step of size eps along the steepest direction."""
 
@@ -239,7 +239,7 @@ class FGSM(GradientAttack):
                          targeted=targeted, seed=seed)
 
 
-@register_attack("pgd", kind="bounded", paper="Madry et al. 2018, eq. 2")
+@register_attack("pgd", kind="bounded", gradients=True, paper="Madry et al. 2018, eq. 2")
 class PGD(GradientAttack):
     """Projected gradient descent with random start (BIM when random_start is false)."""
 
@@ -253,7 +253,7 @@ class PGD(GradientAttack):
                          seed=seed)
 
 
-@register_attack("mim", kind="bounded", paper="Dong et al. 2018, eq. 6")
+@register_attack("mim", kind="bounded", gradients=True, paper="Dong et al. 2018, eq. 6")
 class MIM(GradientAttack):
     """Momentum iterative method: decay ``decay``, step eps/steps unless given."""
 

@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="shipped suite name or path to a suite .yaml (default: %(default)s)")
     run.add_argument("--protocol", default=None,
                      help="override the suite's protocol: shipped name or path to a .yaml")
+    _add_execution(run, training=True)
     _add_executor(run)
     _add_common(run)
 
@@ -155,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "(default: the weights file's stem)")
     evaluate.add_argument("--protocol", default="quick",
                           help="shipped protocol name or path to a .yaml (default: %(default)s)")
+    _add_execution(evaluate, training=False)
     evaluate.add_argument("--source", action="append", default=[], metavar="ROLE=CHECKPOINT",
                           help="checkpoint folder of the transfer source named ROLE in the protocol "
                                "(repeatable); transfer attacks without a source are an error")
@@ -271,6 +273,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_execution(parser: argparse.ArgumentParser, training: bool) -> None:
+    what = "attacks and training (training: fp32 or bf16)" if training else "attacks"
+    parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                        help=f"arithmetic of the {what}, overriding the protocol's and suite's; below fp32 a "
+                             f"fidelity guard reruns the first gradient attack in fp32 on 10%% of the images and "
+                             f"falls back to fp32 where the result is weaker (default: as configured, fp32)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the model for the attacks (default: as the protocol says, off)")
+
+
 def _device_name(text: str) -> str:
     """``--device``: auto, cpu, cuda or cuda:N (a GPU by index)."""
     if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
@@ -345,7 +357,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     from bench.suite import load_protocol, load_suite
 
     suite = load_suite(args.suite)
-    protocol = load_protocol(args.protocol or suite.protocol)
+    protocol = load_protocol(args.protocol or suite.protocol).executed(args.precision, args.compile)
+    if args.precision in ("fp32", "bf16"):   # fp16 applies to the attacks only (no loss scaling in training)
+        from bench.precision import Precision
+
+        suite = suite.model_copy(update={"precision": Precision(args.precision)})
     ctx = _run_jobs(args, suite, protocol, evaluate=True)[0]
     _print_leaderboard(ctx, protocol.name)
 
@@ -418,7 +434,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if (args.robustbench_checkpoint is None) != (args.arch is None) or \
             (args.robustbench_checkpoint is None) != (args.dataset is None):
         raise ConfigError("--robustbench-checkpoint, --arch and --dataset go together")
-    protocol = load_protocol(args.protocol)
+    protocol = load_protocol(args.protocol).executed(args.precision, args.compile)
     if args.dataset is not None and args.dataset != protocol.dataset:
         raise ConfigError(f"--dataset {args.dataset} but protocol {protocol.name!r} evaluates on {protocol.dataset}")
     kwargs = _json_object(args.factory_kwargs, "--factory-kwargs")

@@ -21,6 +21,7 @@ from attacks import ATTACKS, Attack
 from attacks.base import canonical_hash
 from bench.datasets import Dataset
 from bench.errors import ConfigError
+from bench.precision import GuardResult, Precision, guard_size, judge, prepare
 from bench.suite import AttackSpec, Protocol
 
 log = logging.getLogger("advarena")
@@ -147,14 +148,56 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
                    sources: dict[str, SourceModel], device: torch.device, progress: bool = True,
                    label: str = "", partial: PartialRows | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Attack ``model`` with every protocol attack; returns (evaluation fields, attack rows). With
-    ``partial``, each attack's row is kept as it finishes and a row kept earlier is reused."""
+    ``partial``, each attack's row is kept as it finishes and a row kept earlier is reused.
+
+    Below fp32 (``protocol.precision``) the fidelity guard reruns the first gradient attack in
+    fp32 on a fixed slice; if the low-precision result is weaker there, every attack is rerun in
+    fp32. ``evaluation["execution"]`` says which precision the stored rows come from, and why."""
     indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
     x = dataset.x_test[indices].to(device)
     y = dataset.y_test[indices].to(device)
     start = time.perf_counter()
     clean_pred = predict(model, x, protocol.batch_size).cpu()
     clean_correct = clean_pred == y.cpu()
-    x_l2 = x.flatten(1).norm(dim=1).cpu()
+    subset = Subset(indices, x, y, clean_correct, x.flatten(1).norm(dim=1).cpu())
+    requested = Precision(protocol.precision)
+    execution: dict[str, Any] = {"precision": requested.value, "compile": protocol.compile}
+    attack_model = prepare(model, requested, protocol.compile)
+    rows = _attack_all(attack_model, protocol, sources, subset, progress, label, partial)
+    if requested is not Precision.FP32:
+        guard = _fidelity_guard(model, protocol, sources, subset, rows, requested, label)
+        execution["fidelity_guard"] = guard.record()
+        if not guard.passed:
+            log.warning("%s: the fidelity guard discarded the %s results (%s); rerunning every attack in fp32",
+                        label, requested.value, guard.summary())
+            if partial is not None:
+                partial.clear()
+            execution["precision"] = Precision.FP32.value
+            rows = _attack_all(prepare(model, Precision.FP32, protocol.compile), protocol, sources, subset,
+                               progress, label, None)
+    rows.extend(worst_case_rows([r for r in rows if r["grid_of"] is None], clean_pred, y.cpu(), indices))
+    evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,
+                  "protocol_hash": protocol.content_hash(), "protocol_spec": protocol.model_dump(mode="json"),
+                  "subset_hash": subset_hash(indices),
+                  "n_examples": int(len(indices)), "benign_accuracy": float(clean_correct.float().mean()),
+                  "seconds": time.perf_counter() - start, "execution": execution}
+    return evaluation, rows
+
+
+@dataclass(frozen=True)
+class Subset:
+    """The protocol's eval images on the device, their labels and what is known of them clean."""
+
+    indices: np.ndarray
+    x: torch.Tensor
+    y: torch.Tensor
+    clean_correct: torch.Tensor   # on the CPU
+    x_l2: torch.Tensor            # on the CPU
+
+
+def _attack_all(model: nn.Module, protocol: Protocol, sources: dict[str, SourceModel], subset: Subset,
+                progress: bool, label: str, partial: PartialRows | None) -> list[dict[str, Any]]:
+    """One row per protocol attack (grid points included), in protocol order."""
     specs = protocol.expanded_attacks()
     attacks = {spec.id: build_attack(spec, sources) for spec, _ in specs}
     rows = []
@@ -165,20 +208,37 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
             rows.append(kept)
             continue
         attack = attacks[spec.id]
-        outcome = run_attack(attack, model, x, y, protocol.batch_size, progress,
-                              f"{label} {spec.id}".strip())
-        rows.append({**_attack_row(spec, attack, outcome, clean_correct, y.cpu(), indices, x_l2, sources),
-                     "grid_of": grid_of})
+        outcome = run_attack(attack, model, subset.x, subset.y, protocol.batch_size, progress,
+                             f"{label} {spec.id}".strip())
+        rows.append({**_attack_row(spec, attack, outcome, subset.clean_correct, subset.y.cpu(), subset.indices,
+                                   subset.x_l2, sources), "grid_of": grid_of})
         if partial is not None:
             partial.keep(position, rows[-1])
-    rows.extend(worst_case_rows([r for r in rows if r["grid_of"] is None], clean_pred, y.cpu(), indices))
-    subset = subset_hash(indices)
-    evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,
-                  "protocol_hash": protocol.content_hash(), "protocol_spec": protocol.model_dump(mode="json"),
-                  "subset_hash": subset,
-                  "n_examples": int(len(indices)), "benign_accuracy": float(clean_correct.float().mean()),
-                  "seconds": time.perf_counter() - start}
-    return evaluation, rows
+    return rows
+
+
+def guard_attack(protocol: Protocol) -> AttackSpec:
+    """The attack the fidelity guard reruns: the protocol's first that follows the model's
+    gradients (registry metadata ``gradients``)."""
+    for spec in protocol.attacks:
+        if ATTACKS.get(spec.attack).metadata.get("gradients"):
+            return spec
+    raise ConfigError(f"precision {protocol.precision.value}: protocol {protocol.name!r} has no gradient attack "
+                      f"for the fidelity guard to rerun in fp32 (attacks: {[a.attack for a in protocol.attacks]})")
+
+
+def _fidelity_guard(model: nn.Module, protocol: Protocol, sources: dict[str, SourceModel], subset: Subset,
+                    rows: list[dict[str, Any]], precision: Precision, label: str) -> GuardResult:
+    """Rerun the guard attack in fp32 on the first ``guard_size`` images of the subset and compare
+    its robust points with the low-precision row's on the same images."""
+    spec = guard_attack(protocol)
+    k = guard_size(len(subset.indices))
+    outcome = run_attack(build_attack(spec, sources), model, subset.x[:k], subset.y[:k], protocol.batch_size,
+                         False, f"{label} fidelity guard {spec.id}".strip())
+    fp32_robust = robust_points(outcome["pred"], subset.y[:k].cpu(), subset.clean_correct[:k])
+    row = next(r for r in rows if r["attack_id"] == spec.id)
+    low_robust = torch.tensor([e["adv_correct"] for e in row["examples"][:k]])
+    return judge(spec.id, precision, low_robust, fp32_robust)
 
 
 def _attack_row(spec: AttackSpec, attack: Attack, outcome: dict[str, Any], clean_correct: torch.Tensor,

@@ -23,6 +23,7 @@ from bench.errors import AdvarenaError, CheckpointError, ConfigError
 from bench.evaluate import (PartialRows, SourceModel, build_attack, eval_subset, evaluate_model, evaluation_key,
                             subset_hash)
 from bench.jobs import TrainJob, plan_training
+from bench.precision import Precision, prepare, unwrap
 from bench.models import build_model
 from bench.suite import Protocol, Suite
 from defenses import EpochRecord, build_trainer
@@ -128,6 +129,7 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     epochs = trainer.common.epochs
 
     def record_epoch(epoch: int, trained: nn.Module, record: EpochRecord) -> None:
+        trained = unwrap(trained)
         ctx.store.add_epoch(run_id, vars(record).copy())
         if job.save_every_epoch and epoch < epochs:
             saved = save_checkpoint(folder / f"epoch-{epoch:03d}", trained,
@@ -137,7 +139,8 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     log.info("%s: training %s on %s (seed %d, %d epochs)", job.label, job.defense, job.arch, job.seed, epochs)
     start = time.perf_counter()
     try:
-        result = trainer.fit(model, dataset, job.seed, [record_epoch], progress=ctx.progress)
+        result = trainer.fit(prepare(model, Precision(job.precision)), dataset, job.seed, [record_epoch],
+                             progress=ctx.progress)
     except BaseException as err:
         ctx.store.fail_run(run_id, f"{type(err).__name__}: {err}")
         raise
@@ -151,7 +154,7 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
                     result.epochs[-1].epoch, result.kept_epoch)
     meta["aux"] = {name: _save_aux(folder / f"aux-{name}", name, module, meta, result.aux_arch.get(name))
                    for name, module in result.aux.items()}
-    final = save_checkpoint(folder / "final", result.model, meta)
+    final = save_checkpoint(folder / "final", unwrap(result.model), meta)
     checkpoint_id = ctx.store.add_checkpoint(run_id, final.sha256, str(final.path), final.meta, final=True)
     ctx.store.finish_run(run_id, time.perf_counter() - start, claim)
     log.info("%s: trained in %.1fs, test accuracy %.2f%%", job.label, time.perf_counter() - start,
@@ -187,8 +190,10 @@ def ensure_evaluated(model: nn.Module, checkpoint: Checkpoint, checkpoint_id: in
         partial = PartialRows(ctx.workdir / "partial" / key[:16])
         evaluation, rows = evaluate_model(model, dataset, protocol, sources, ctx.device, ctx.progress, label,
                                           partial)
+        execution = evaluation.pop("execution")
         ctx.store.save_evaluation({**evaluation, "key": key, "checkpoint_id": checkpoint_id,
-                                   "environment": environment_record(ctx.device)}, rows, claim)
+                                   "environment": {**environment_record(ctx.device), "execution": execution}},
+                                  rows, claim)
         partial.clear()
     return True
 

@@ -1,0 +1,120 @@
+"""Reduced precision: bf16 autocast attacks and training on CPU, the fidelity guard (discards and
+reruns a low-precision evaluation whose gradients are masked, keeps one that is faithful), and
+precision in the content keys."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from attacks import ATTACKS
+from bench.evaluate import evaluate_model, evaluation_key
+from bench.jobs import plan_training
+from bench.precision import AutocastModel, Precision, guard_size, judge, prepare, unwrap
+from bench.suite import Protocol, Suite, load_protocol
+from defenses import build_trainer
+
+
+def _protocol(precision: str = "fp32", size: int = 200) -> Protocol:
+    return Protocol.model_validate({
+        "name": "tiny", "version": 1, "dataset": "digits", "eval_subset": {"size": size, "seed": 0},
+        "batch_size": 100, "precision": precision,
+        "attacks": [{"id": "pgd10", "attack": "pgd",
+                     "params": {"norm": "linf", "eps": 0.1, "steps": 10, "step_size": 0.025, "seed": 0}},
+                    {"id": "noise", "attack": "noise", "params": {"norm": "linf", "eps": 0.1, "seed": 0}}]})
+
+
+class MaskedUnderAutocast(nn.Module):
+    """The trained network, except that under autocast its logits carry no gradient (as a model
+    whose low-precision forward underflows or saturates would): a gradient attack cannot move."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        logits = self.inner(x)
+        if torch.is_autocast_enabled(x.device.type):
+            logits = logits.detach() + 0 * logits   # a zero gradient, as underflow gives
+        return logits
+
+
+def test_a_bf16_attack_takes_fp32_gradients_and_matches_fp32_closely(trained_mlp, digits):
+    x, y = digits.x_test[:200], digits.y_test[:200]
+    attack = ATTACKS.create("pgd", norm="linf", eps=0.1, steps=10, step_size=0.025, seed=0)
+    low_model = prepare(trained_mlp, Precision.BF16)
+    assert isinstance(low_model, AutocastModel) and unwrap(low_model) is trained_mlp
+    probe = x[:4].clone().requires_grad_(True)
+    low_model(probe).sum().backward()
+    assert probe.grad.dtype == torch.float32 and probe.grad.abs().sum() > 0
+    fp32 = attack(trained_mlp, x, y, attack.make_generator(x.device))
+    bf16 = attack(low_model, x, y, attack.make_generator(x.device))
+    assert bf16.x_adv.dtype == torch.float32
+    assert (bf16.x_adv - x).abs().max() <= 0.1 + 1e-6
+    assert abs(float(bf16.success.float().mean()) - float(fp32.success.float().mean())) < 0.05
+
+
+def test_prepare_is_the_identity_in_fp32():
+    model = nn.Linear(3, 2)
+    assert prepare(model, Precision.FP32) is model
+
+
+def test_bf16_training_on_cpu_learns_and_saves_fp32_weights(digits):
+    from bench.models import build_model
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = build_model("mlp", digits.input_shape, 10, digits.channel_mean, digits.channel_std, hidden=(64,))
+    before = copy.deepcopy(model.state_dict())
+    result = build_trainer("standard", {"epochs": 2, "batch_size": 64}).fit(prepare(model, Precision.BF16), digits,
+                                                                          seed=0, progress=False)
+    trained = unwrap(result.model)
+    assert trained is model and all(v.dtype == torch.float32 for v in trained.state_dict().values())
+    assert any(not torch.equal(before[k], v) for k, v in trained.state_dict().items())
+    assert result.final_record.test_accuracy > 0.8
+
+
+def test_the_guard_discards_and_reruns_a_masked_low_precision_evaluation(trained_mlp, digits):
+    masked = MaskedUnderAutocast(trained_mlp).eval()
+    evaluation, rows = evaluate_model(masked, digits, _protocol("bf16"), {}, torch.device("cpu"), progress=False)
+    guard = evaluation["execution"]["fidelity_guard"]
+    assert guard["attack_id"] == "pgd10" and guard["n_examples"] == guard_size(200) == 20
+    assert not guard["passed"] and guard["low_precision_robust_accuracy"] > guard["fp32_robust_accuracy"] + 0.005
+    assert evaluation["execution"]["precision"] == "fp32"
+    reference, reference_rows = evaluate_model(masked, digits, _protocol("fp32"), {}, torch.device("cpu"),
+                                               progress=False)
+    pgd = {r["attack_id"]: r["robust_accuracy"] for r in rows}
+    assert pgd["pgd10"] == {r["attack_id"]: r["robust_accuracy"] for r in reference_rows}["pgd10"]
+
+
+def test_the_guard_keeps_a_faithful_low_precision_evaluation(trained_mlp, digits):
+    evaluation, rows = evaluate_model(trained_mlp, digits, _protocol("bf16"), {}, torch.device("cpu"), progress=False)
+    assert evaluation["execution"]["fidelity_guard"]["passed"]
+    assert evaluation["execution"]["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("low, high, passed", [(0.50, 0.50, True), (0.505, 0.50, True), (0.51, 0.50, False),
+                                               (0.40, 0.50, True)])
+def test_the_guard_tolerates_half_a_point(low, high, passed):
+    n = 1000
+    low_mask = torch.arange(n) < round(low * n)
+    high_mask = torch.arange(n) < round(high * n)
+    assert judge("pgd", Precision.BF16, low_mask, high_mask).passed is passed
+
+
+def test_precision_and_compilation_change_the_content_keys_and_fp32_keeps_them():
+    protocol = load_protocol("quick")
+    keys = {protocol.content_hash(), protocol.executed("bf16").content_hash(),
+            protocol.executed("fp16").content_hash(), protocol.executed(compile=True).content_hash()}
+    assert len(keys) == 4
+    assert protocol.executed("fp32", False).content_hash() == protocol.content_hash()
+    attacks = {"pgd": ATTACKS.create("pgd", norm="linf", eps=0.1, steps=2, step_size=0.05)}
+    assert evaluation_key("0" * 64, protocol, "s", attacks) != evaluation_key("0" * 64, protocol.executed("bf16"), "s",
+                                                                               attacks)
+    suite = Suite.model_validate({"name": "s", "defenses": [{"defense": "standard"}]})
+    fp32_job = plan_training(suite)[0][0]
+    bf16_job = plan_training(suite.model_copy(update={"precision": Precision.BF16}))[0][0]
+    assert fp32_job.key("data") != bf16_job.key("data")
+    with pytest.raises(ValueError, match="fp16 needs loss scaling"):
+        Suite.model_validate({"name": "s", "precision": "fp16", "defenses": [{"defense": "standard"}]})
