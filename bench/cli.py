@@ -221,7 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--suite", default="default",
                       help="suite whose 'standard' defense and protocol give the recipe and data "
                            "(default: %(default)s)")
-    perf.add_argument("--n", type=_count, default=1000, help="eval images attacked (default: %(default)s)")
+    from bench.perf_zoo import parse_precisions, parse_shape
+
+    perf.add_argument("--shape", type=parse_shape, default=None, metavar="CxHxW",
+                      help="time --model (random weights unless --checkpoint) on random CxHxW inputs with the "
+                           "paper protocols' Linf 8/255 cases (FGSM, PGD-20, APGD-CE, AutoAttack) and one "
+                           "training step per trainer, instead of the suite's data")
+    perf.add_argument("--classes", type=_count, default=10, help="classes of the --shape model (default: 10)")
+    perf.add_argument("--precision", type=parse_precisions, default=[], metavar="P[,P...]",
+                      help="with --shape: precisions to time, from fp32, bf16, fp16 (default: fp32)")
+    perf.add_argument("--n", type=_count, default=None,
+                      help="eval images attacked (default: 1000; 256 with --shape)")
     perf.add_argument("--slow-n", type=_count, default=250,
                       help="images for torchattacks' DeepFool, about 3-7 img/s on 2 cores (default: %(default)s)")
     perf.add_argument("--batch-size", type=_count, default=250, help="attack batch size (default: %(default)s)")

@@ -118,3 +118,27 @@ def test_precision_and_compilation_change_the_content_keys_and_fp32_keeps_them()
     assert fp32_job.key("data") != bf16_job.key("data")
     with pytest.raises(ValueError, match="fp16 needs loss scaling"):
         Suite.model_validate({"name": "s", "precision": "fp16", "defenses": [{"defense": "standard"}]})
+
+
+def test_perf_times_any_zoo_model_per_precision(tmp_path):
+    """``advarena perf --model ARCH --shape CxHxW``: random weights and inputs, each precision,
+    ours beside torchattacks, and one training step per trainer, written as JSON."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path / "perf.json"
+    run = subprocess.run([sys.executable, "-m", "bench.cli", "perf", "--model", "mlp", "--shape", "1x8x8", "--n", "8",
+                          "--batch-size", "8", "--precision", "fp32,bf16", "--only", "PGD-20", "--out", str(out),
+                          "--workdir", str(tmp_path / "work"), "--threads", "1"],
+                         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert report["shape"] == [1, 8, 8] and set(report["floor"]) == {"fp32", "bf16"}
+    rows = {(r["precision"], r["library"]): r for r in report["results"]}
+    assert set(rows) == {(p, lib) for p in ("fp32", "bf16") for lib in ("advarena", "torchattacks")}
+    assert all(r["case"] == "PGD-20" and r["images_per_s"] > 0 and r["efficiency"] > 0 for r in rows.values())
+    assert {(t["precision"], t["trainer"]) for t in report["training"]} == {
+        (p, name) for p in ("fp32", "bf16") for name in ("standard", "fgsm-at", "pgd-at", "trades", "free-at",
+                                                         "fast-at")}
