@@ -142,3 +142,24 @@ def test_perf_times_any_zoo_model_per_precision(tmp_path):
     assert {(t["precision"], t["trainer"]) for t in report["training"]} == {
         (p, name) for p in ("fp32", "bf16") for name in ("standard", "fgsm-at", "pgd-at", "trades", "free-at",
                                                          "fast-at")}
+
+
+@pytest.mark.parametrize("params", [
+    {"norm": "linf", "eps": 0.1, "steps": 10, "step_size": 0.025, "seed": 0},
+    {"norm": "l2", "eps": 1.0, "steps": 10, "step_size": 0.2, "seed": 0, "restarts": 2},
+])
+def test_the_sync_free_loop_of_accelerators_gives_the_same_results(trained_mlp, digits, monkeypatch, params):
+    """On an accelerator the gradient loop never reads a mask on the host (no compaction, no early
+    stop); run that path on the CPU and compare with the compacting one: same points, same steps."""
+    import attacks.gradient as gradient
+
+    x, y = digits.x_test[:300], digits.y_test[:300]
+    attack = ATTACKS.create("pgd", **params)
+    compacting = attack(trained_mlp, x, y, attack.make_generator(x.device))
+    monkeypatch.setattr(gradient, "sync_free", lambda device: True)
+    synced = attack(trained_mlp, x, y, attack.make_generator(x.device))
+    assert torch.equal(compacting.x_adv, synced.x_adv)
+    assert torch.equal(compacting.success, synced.success)
+    if compacting.success_step is not None:
+        assert torch.equal(compacting.success_step, synced.success_step)
+    assert synced.backward_passes >= compacting.backward_passes
