@@ -232,8 +232,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="with --shape: precisions to time, from fp32, bf16, fp16 (default: fp32)")
     perf.add_argument("--n", type=_count, default=None,
                       help="eval images attacked (default: 1000; 256 with --shape)")
-    perf.add_argument("--slow-n", type=_count, default=250,
-                      help="images for torchattacks' DeepFool, about 3-7 img/s on 2 cores (default: %(default)s)")
+    perf.add_argument("--slow-n", type=_count, default=None,
+                      help="images for torchattacks' DeepFool, about 3-7 img/s on 2 cores (default: 250); with "
+                           "--shape, images for APGD-CE and AutoAttack (100+ gradient steps each) and the "
+                           "training steps' batch (default: 32)")
     perf.add_argument("--batch-size", type=_count, default=250, help="attack batch size (default: %(default)s)")
     perf.add_argument("--only", default="*",
                       help="wildcard over case names: FGSM, PGD-40, MIM-10, PGD-L2-40, DeepFool, CW-L2, "

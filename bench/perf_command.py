@@ -44,6 +44,7 @@ def run_perf(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     if args.precision:
         raise ConfigError("--precision needs --shape (the suite's model is timed in fp32)")
     args.n = args.n or 1000
+    args.slow_n = args.slow_n or 250
     cases = [case for case in perf.CASES if fnmatch.fnmatchcase(case.name, args.only)]
     if not cases:
         raise ConfigError(f"--only {args.only!r} matches no case; cases: {[c.name for c in perf.CASES]}")
@@ -87,6 +88,7 @@ def _run_zoo(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
     from bench.perf_zoo import run_zoo_perf
 
     args.n = args.n or 256
+    args.slow_n = min(args.slow_n or 32, args.n)
     args.precision = args.precision or [Precision.FP32]
     start = time.perf_counter()
     report = {"env": perf.environment(torch.get_num_threads()), "device": str(ctx.device),

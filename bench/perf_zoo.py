@@ -36,6 +36,8 @@ ZOO_CASES: list[perf.PerfCase] = [
                   [("pyautoattack", "direct", {"stages": ["apgd-ce", "apgd-t", "fab-t", "square"],
                                                "norm": "Linf", "eps": EPS})], repeats=1),
 ]
+#: Cases of 100+ gradient steps per image, run on ``--slow-n`` images.
+SLOW_CASES = ("APGD-CE", "AutoAttack")
 #: Trainers timed for one step: those that train any classifier on its own (the others need a
 #: suite's parent run or architecture-specific auxiliary networks).
 TRAINERS = ("standard", "fgsm-at", "pgd-at", "trades", "free-at", "fast-at")
@@ -121,12 +123,13 @@ def run_zoo_perf(args: argparse.Namespace, device: torch.device, log: Callable[[
         floors[precision.value] = floor.summary()
         log(f"[{precision.value}] floor: forward+backward {floors[precision.value]['fb_img_per_s']:.1f} img/s")
         for case in [case for case in ZOO_CASES if fnmatch.fnmatchcase(case.name, args.only)]:
-            for row in perf.run_case(case, model, x, y, x, args.batch_size, args.n, floor,
+            n = args.slow_n if case.name in SLOW_CASES else args.n
+            for row in perf.run_case(case, model, x[:n], y[:n], x[:n], args.batch_size, n, floor,
                                      lambda line, p=precision.value: log(f"[{p}] {line}")):
                 results.append({**row, "precision": precision.value})
         for name in TRAINERS:
             try:
-                step = training_step(name, model, x[:args.batch_size], y[:args.batch_size], classes, precision)
+                step = training_step(name, model, x[:args.slow_n], y[:args.slow_n], classes, precision)
             except AdvarenaError as err:
                 raise ConfigError(f"training step of {name} on {args.model}: {err}") from None
             training.append(step)
@@ -134,4 +137,4 @@ def run_zoo_perf(args: argparse.Namespace, device: torch.device, log: Callable[[
                 f"{step['batch']} images)")
     return {"model": args.model if args.checkpoint is None else str(args.checkpoint), "shape": list(shape),
             "classes": classes, "weights": "random" if args.checkpoint is None else "checkpoint",
-            "n": args.n, "batch_size": args.batch_size, "floor": floors, "results": results, "training": training}
+            "n": args.n, "slow_n": args.slow_n, "batch_size": args.batch_size, "floor": floors, "results": results, "training": training}
