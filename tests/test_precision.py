@@ -163,3 +163,15 @@ def test_the_sync_free_loop_of_accelerators_gives_the_same_results(trained_mlp, 
     if compacting.success_step is not None:
         assert torch.equal(compacting.success_step, synced.success_step)
     assert synced.backward_passes >= compacting.backward_passes
+
+
+@pytest.mark.slow
+def test_a_compiled_model_gives_the_eager_results(trained_mlp, digits):
+    """``--compile``: torch.compile of the (autocast) model; needs a C compiler on the CPU."""
+    x, y = digits.x_test[:64], digits.y_test[:64]
+    attack = ATTACKS.create("pgd", norm="linf", eps=0.1, steps=5, step_size=0.03, seed=0)
+    compiled = prepare(trained_mlp, Precision.FP32, compile=True)
+    assert unwrap(compiled) is trained_mlp
+    eager = attack(trained_mlp, x, y, attack.make_generator(x.device))
+    fast = attack(compiled, x, y, attack.make_generator(x.device))
+    assert torch.allclose(eager.x_adv, fast.x_adv, atol=1e-5) and torch.equal(eager.success, fast.success)
