@@ -111,17 +111,27 @@ def gradient_ascent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, hooks
     return x_adv.detach()
 
 
+def sync_free(device: torch.device) -> bool:
+    """Whether the loop must not read tensor values on the host: on an accelerator each read
+    (``bool(mask.any())``, ``nonzero``) stalls the queue of kernels, costing more than the passes
+    compaction would save; there fooled rows are frozen by masking only. On the CPU reading is free."""
+    return device.type != "cpu"
+
+
 class _Batch:
     """Which rows of the full batch are computed (``rows``; None: all of them, no copies) and
     which of those are still live (not frozen). Compaction drops frozen rows once they are
     ``COMPACT_FRACTION`` of the computed batch, but never below ``MIN_ROWS`` rows (frozen rows
-    fill up to it), because tiny batches run far below the per-image throughput of full ones."""
+    fill up to it), because tiny batches run far below the per-image throughput of full ones.
+    Where ``sync_free`` (accelerators), nothing is compacted and the loop never stops early: every
+    mask stays on the device and the results are the same."""
 
     def __init__(self, size: int, device: torch.device) -> None:
         self.size, self.device = size, device
         self.rows: torch.Tensor | None = None
         self.live = torch.ones(size, dtype=torch.bool, device=device)
         self.all_live = True
+        self.sync_free = sync_free(device)
 
     def take(self, tensor: torch.Tensor) -> torch.Tensor:
         return tensor if self.rows is None else tensor[self.rows]
@@ -136,15 +146,19 @@ class _Batch:
     def record_step(self, first_fooled: torch.Tensor, fooled: torch.Tensor, step: int) -> None:
         """Write ``step`` into ``first_fooled`` (full-batch rows) for rows fooled for the first time."""
         newly = fooled & self.live
-        rows = torch.nonzero(newly).squeeze(1) if self.rows is None else self.rows[newly]
-        first_fooled[rows] = step
+        if self.rows is None:
+            first_fooled.masked_fill_(newly, step)
+        else:
+            first_fooled[self.rows[newly]] = step
 
     def freeze(self, fooled: torch.Tensor) -> None:
         self.live &= ~fooled
-        self.all_live = bool(self.live.all())
+        self.all_live = False if self.sync_free else bool(self.live.all())
 
     @property
     def done(self) -> bool:
+        if self.sync_free:
+            return False
         return not self.all_live and not bool(self.live.any())
 
     def keep_frozen(self, stepped: torch.Tensor, current: torch.Tensor) -> torch.Tensor:
@@ -153,7 +167,7 @@ class _Batch:
         return torch.where(self.live.view(-1, *([1] * (stepped.ndim - 1))), stepped, current)
 
     def compact(self) -> None:
-        if self.all_live:
+        if self.all_live or self.sync_free:
             return
         computed = self.live.numel()
         frozen = int((~self.live).sum())
@@ -227,7 +241,7 @@ class GradientAttack(Attack):
         return x_adv
 
 
-@register_attack("fgsm", kind="bounded", paper="Goodfellow et al. 2015 (FGSM; FGM for L2)")
+@register_attack("fgsm", kind="bounded", gradients=True, paper="Goodfellow et al. 2015 (FGSM; FGM for L2)")
 class FGSM(GradientAttack):
     """Fast gradient (sign) method: one step of size eps along the steepest direction."""
 
@@ -239,7 +253,7 @@ class FGSM(GradientAttack):
                          targeted=targeted, seed=seed)
 
 
-@register_attack("pgd", kind="bounded", paper="Madry et al. 2018, eq. 2")
+@register_attack("pgd", kind="bounded", gradients=True, paper="Madry et al. 2018, eq. 2")
 class PGD(GradientAttack):
     """Projected gradient descent with random start (BIM when random_start is false)."""
 
@@ -253,7 +267,7 @@ class PGD(GradientAttack):
                          seed=seed)
 
 
-@register_attack("mim", kind="bounded", paper="Dong et al. 2018, eq. 6")
+@register_attack("mim", kind="bounded", gradients=True, paper="Dong et al. 2018, eq. 6")
 class MIM(GradientAttack):
     """Momentum iterative method: decay ``decay``, step eps/steps unless given."""
 

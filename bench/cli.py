@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import re
 import sys
 import typing
 from pathlib import Path
@@ -71,7 +72,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--data-root", default=None, metavar="DIR",
                        help="folder holding file-based datasets (mnist, fashion-mnist, cifar10, "
                             "cifar100, svhn) in their standard formats")
-    group.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+    group.add_argument("--device", default="auto", type=_device_name, metavar="auto|cpu|cuda|cuda:N",
                        help="where to train and attack; auto = cuda when available (default: auto)")
     group.add_argument("--threads", type=_count, default=None,
                        help="torch CPU threads (default: torch's choice)")
@@ -114,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="shipped suite name or path to a suite .yaml (default: %(default)s)")
     run.add_argument("--protocol", default=None,
                      help="override the suite's protocol: shipped name or path to a .yaml")
+    _add_execution(run, training=True)
     _add_executor(run)
     _add_common(run)
 
@@ -139,10 +141,22 @@ def build_parser() -> argparse.ArgumentParser:
                                "loaded with weights_only=True")
     evaluate.add_argument("--factory-kwargs", default="{}", metavar="JSON",
                           help="keyword arguments of the factory as a JSON object (default: {})")
+    evaluate.add_argument("--robustbench-checkpoint", type=_path, default=None, metavar="FILE",
+                          help="a RobustBench model-zoo .pt file (loaded with weights_only=True) for our zoo "
+                               "architecture --arch; see bench/robustbench.py for the key mapping")
+    evaluate.add_argument("--arch", default=None, metavar="ARCH",
+                          help="architecture of --robustbench-checkpoint: wrn-28-10, wrn-34-10, wrn-34-20, "
+                               "wrn-70-16 or preact-resnet18")
+    evaluate.add_argument("--dataset", default=None, metavar="NAME",
+                          help="dataset --robustbench-checkpoint was trained on; must be the protocol's")
+    evaluate.add_argument("--threat-model", default="Linf", choices=["Linf", "L2", "corruptions"],
+                          help="RobustBench threat model of --robustbench-checkpoint, recorded with it "
+                               "(default: %(default)s)")
     evaluate.add_argument("--label", default=None, help="leaderboard label of the external model "
                                                         "(default: the weights file's stem)")
     evaluate.add_argument("--protocol", default="quick",
                           help="shipped protocol name or path to a .yaml (default: %(default)s)")
+    _add_execution(evaluate, training=False)
     evaluate.add_argument("--source", action="append", default=[], metavar="ROLE=CHECKPOINT",
                           help="checkpoint folder of the transfer source named ROLE in the protocol "
                                "(repeatable); transfer attacks without a source are an error")
@@ -224,9 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     perf.add_argument("--suite", default="default",
                       help="suite whose 'standard' defense and protocol give the recipe and data "
                            "(default: %(default)s)")
-    perf.add_argument("--n", type=_count, default=1000, help="eval images attacked (default: %(default)s)")
-    perf.add_argument("--slow-n", type=_count, default=250,
-                      help="images for torchattacks' DeepFool, about 3-7 img/s on 2 cores (default: %(default)s)")
+    from bench.perf_zoo import parse_precisions, parse_shape
+
+    perf.add_argument("--shape", type=parse_shape, default=None, metavar="CxHxW",
+                      help="time --model (random weights unless --checkpoint) on random CxHxW inputs with the "
+                           "paper protocols' Linf 8/255 cases (FGSM, PGD-20, APGD-CE, AutoAttack) and one "
+                           "training step per trainer, instead of the suite's data")
+    perf.add_argument("--classes", type=_count, default=10, help="classes of the --shape model (default: 10)")
+    perf.add_argument("--precision", type=parse_precisions, default=[], metavar="P[,P...]",
+                      help="with --shape: precisions to time, from fp32, bf16, fp16 (default: fp32)")
+    perf.add_argument("--n", type=_count, default=None,
+                      help="eval images attacked (default: 1000; 256 with --shape)")
+    perf.add_argument("--slow-n", type=_count, default=None,
+                      help="images for torchattacks' DeepFool, about 3-7 img/s on 2 cores (default: 250); with "
+                           "--shape, images for APGD-CE and AutoAttack (100+ gradient steps each) and the "
+                           "training steps' batch (default: 32)")
     perf.add_argument("--batch-size", type=_count, default=250, help="attack batch size (default: %(default)s)")
     perf.add_argument("--only", default="*",
                       help="wildcard over case names: FGSM, PGD-40, MIM-10, PGD-L2-40, DeepFool, CW-L2, "
@@ -276,16 +302,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_execution(parser: argparse.ArgumentParser, training: bool) -> None:
+    what = "attacks and training (training: fp32 or bf16)" if training else "attacks"
+    parser.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                        help=f"arithmetic of the {what}, overriding the protocol's and suite's; below fp32 a "
+                             f"fidelity guard reruns the first gradient attack in fp32 on 10%% of the images and "
+                             f"falls back to fp32 where the result is weaker (default: as configured, fp32)")
+    parser.add_argument("--compile", action="store_true", default=None,
+                        help="torch.compile the model for the attacks (default: as the protocol says, off)")
+
+
+def _device_name(text: str) -> str:
+    """``--device``: auto, cpu, cuda or cuda:N (a GPU by index)."""
+    if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text) is None:
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N (N a GPU index), got {text!r}")
+    return text
+
+
 def _device(args: argparse.Namespace) -> torch.device:
     """The device (and torch's CPU threads) the command asks for; changes nothing on disk."""
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for, but torch sees no CUDA device")
+    if args.device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(args.device.partition(":")[2] or 0)
+        if index >= count:
+            raise ConfigError(f"--device {args.device} was asked for, but torch sees "
+                              f"{count} CUDA device{'s' if count != 1 else ''}")
     if args.threads:
         torch.set_num_threads(args.threads)
     elif args.command == "perf":
         torch.set_num_threads(min(2, torch.get_num_threads()))
-    return torch.device("cuda" if args.device == "cuda" or (args.device == "auto" and
-                                                            torch.cuda.is_available()) else "cpu")
+    if args.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(args.device)
 
 
 def _context(args: argparse.Namespace, device: torch.device | None = None, existing: bool = False) -> Context:
@@ -340,7 +388,11 @@ def cmd_run(args: argparse.Namespace) -> None:
     from bench.suite import load_protocol, load_suite
 
     suite = load_suite(args.suite)
-    protocol = load_protocol(args.protocol or suite.protocol)
+    protocol = load_protocol(args.protocol or suite.protocol).executed(args.precision, args.compile)
+    if args.precision in ("fp32", "bf16"):   # fp16 applies to the attacks only (no loss scaling in training)
+        from bench.precision import Precision
+
+        suite = suite.model_copy(update={"precision": Precision(args.precision)})
     ctx = _run_jobs(args, suite, protocol, evaluate=True)[0]
     _print_leaderboard(ctx, protocol.name)
 
@@ -404,11 +456,18 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from bench.runner import ensure_evaluated
     from bench.suite import load_protocol
 
-    if (args.checkpoint is None) == (args.model_factory is None):
-        raise ConfigError("give a checkpoint folder or --model-factory with --weights (not both)")
+    given = [args.checkpoint is not None, args.model_factory is not None, args.robustbench_checkpoint is not None]
+    if sum(given) != 1:
+        raise ConfigError("give one of: a checkpoint folder, --model-factory with --weights, or "
+                          "--robustbench-checkpoint with --arch and --dataset")
     if (args.model_factory is None) != (args.weights is None):
         raise ConfigError("--model-factory and --weights go together")
-    protocol = load_protocol(args.protocol)
+    if (args.robustbench_checkpoint is None) != (args.arch is None) or \
+            (args.robustbench_checkpoint is None) != (args.dataset is None):
+        raise ConfigError("--robustbench-checkpoint, --arch and --dataset go together")
+    protocol = load_protocol(args.protocol).executed(args.precision, args.compile)
+    if args.dataset is not None and args.dataset != protocol.dataset:
+        raise ConfigError(f"--dataset {args.dataset} but protocol {protocol.name!r} evaluates on {protocol.dataset}")
     kwargs = _json_object(args.factory_kwargs, "--factory-kwargs")
     roles = [_source_role(item) for item in args.source]
     needed = sorted({str(spec.source) for spec, _ in protocol.expanded_attacks() if spec.source_kind == "surrogate"})
@@ -422,6 +481,11 @@ def cmd_eval(args: argparse.Namespace) -> None:
         from bench.external import load_external
 
         model, weights_sha = load_external(args.model_factory, args.weights, kwargs, dataset, device)
+    elif args.robustbench_checkpoint:
+        from bench.robustbench import load_robustbench
+
+        model = load_robustbench(args.robustbench_checkpoint, args.arch, tuple(dataset.input_shape),
+                                 dataset.num_classes).to(device)
     else:
         model, checkpoint = load_checkpoint(args.checkpoint, device)
     loaded = [(role, *load_checkpoint(folder, device)) for role, folder in roles]
@@ -431,6 +495,12 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
         checkpoint, checkpoint_id = store_external(model, weights_sha, args.model_factory, args.weights, kwargs,
                                                    args.label or args.weights.stem, dataset, ctx)
+    elif args.robustbench_checkpoint:
+        from bench.runner import store_robustbench
+
+        checkpoint, checkpoint_id = store_robustbench(model, args.arch, args.robustbench_checkpoint,
+                                                      args.threat_model,
+                                                      args.label or args.robustbench_checkpoint.stem, dataset, ctx)
     else:
         checkpoint_id = ctx.store.add_checkpoint(None, checkpoint.sha256, str(checkpoint.path), checkpoint.meta,
                                                  final=True)

@@ -21,6 +21,7 @@ from attacks import ATTACKS, Attack
 from attacks.base import canonical_hash
 from bench.datasets import Dataset
 from bench.errors import ConfigError
+from bench.precision import GuardResult, Precision, guard_size, judge, prepare
 from bench.suite import AttackSpec, Protocol
 
 log = logging.getLogger("advarena")
@@ -170,17 +171,65 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     """Attack ``model`` with every protocol attack; returns (evaluation fields, attack rows). With
     ``partial``, each attack's row is kept as it finishes and a row kept earlier is reused. With
     ``gallery_dir``, the gallery images are written there (``write_gallery``) and the evaluation
-    points to the file."""
+    points to the file.
+
+    Below fp32 (``protocol.precision``) the fidelity guard reruns the first gradient attack in
+    fp32 on a fixed slice; if the low-precision result is weaker there, every attack is rerun in
+    fp32. ``evaluation["execution"]`` says which precision the stored rows come from, and why."""
     indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
     x = dataset.x_test[indices].to(device)
     y = dataset.y_test[indices].to(device)
     start = time.perf_counter()
     clean_pred = predict(model, x, protocol.batch_size).cpu()
     clean_correct = clean_pred == y.cpu()
-    x_l2 = x.flatten(1).norm(dim=1).cpu()
+    subset = Subset(indices, x, y, clean_correct, x.flatten(1).norm(dim=1).cpu())
+    requested = Precision(protocol.precision)
+    execution: dict[str, Any] = {"precision": requested.value, "compile": protocol.compile}
+    attack_model = prepare(model, requested, protocol.compile)
+    keep = gallery_positions(len(indices)) if gallery_dir is not None else None
+    rows = _attack_all(attack_model, protocol, sources, subset, progress, label, partial, keep)
+    if requested is not Precision.FP32:
+        guard = _fidelity_guard(model, protocol, sources, subset, rows, requested, label)
+        execution["fidelity_guard"] = guard.record()
+        if not guard.passed:
+            log.warning("%s: the fidelity guard discarded the %s results (%s); rerunning every attack in fp32",
+                        label, requested.value, guard.summary())
+            if partial is not None:
+                partial.clear()
+            execution["precision"] = Precision.FP32.value
+            rows = _attack_all(prepare(model, Precision.FP32, protocol.compile), protocol, sources, subset,
+                               progress, label, None, keep)
+    rows.extend(worst_case_rows([r for r in rows if r["grid_of"] is None], clean_pred, y.cpu(), indices))
+    evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,
+                  "protocol_hash": protocol.content_hash(), "protocol_spec": protocol.model_dump(mode="json"),
+                  "subset_hash": subset_hash(indices),
+                  "n_examples": int(len(indices)), "benign_accuracy": float(clean_correct.float().mean()),
+                  "seconds": time.perf_counter() - start, "execution": execution}
+    adversarial = {row["attack_id"]: row.pop("gallery_adv") for row in rows if "gallery_adv" in row}
+    if gallery_dir is not None and keep is not None:
+        evaluation["gallery"] = write_gallery(gallery_dir, x[keep].cpu(), y.cpu()[keep], clean_pred[keep],
+                                              indices[keep], keep, rows, adversarial)
+    return evaluation, rows
+
+
+@dataclass(frozen=True)
+class Subset:
+    """The protocol's eval images on the device, their labels and what is known of them clean."""
+
+    indices: np.ndarray
+    x: torch.Tensor
+    y: torch.Tensor
+    clean_correct: torch.Tensor   # on the CPU
+    x_l2: torch.Tensor            # on the CPU
+
+
+def _attack_all(model: nn.Module, protocol: Protocol, sources: dict[str, SourceModel], subset: Subset,
+                progress: bool, label: str, partial: PartialRows | None,
+                keep: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """One row per protocol attack (grid points included), in protocol order; with ``keep``, each
+    protocol attack's row also holds the adversarial images at those positions (``gallery_adv``)."""
     specs = protocol.expanded_attacks()
     attacks = {spec.id: build_attack(spec, sources) for spec, _ in specs}
-    keep = gallery_positions(len(indices)) if gallery_dir is not None else None
     rows = []
     for position, (spec, grid_of) in enumerate(specs):
         kept = partial.get(position, spec.id) if partial is not None else None
@@ -189,26 +238,39 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
             rows.append(kept)
             continue
         attack = attacks[spec.id]
-        outcome = run_attack(attack, model, x, y, protocol.batch_size, progress,
-                              f"{label} {spec.id}".strip(), keep if grid_of is None else None)
-        rows.append({**_attack_row(spec, attack, outcome, clean_correct, y.cpu(), indices, x_l2, sources),
-                     "grid_of": grid_of})
+        outcome = run_attack(attack, model, subset.x, subset.y, protocol.batch_size, progress,
+                             f"{label} {spec.id}".strip(), keep if grid_of is None else None)
+        rows.append({**_attack_row(spec, attack, outcome, subset.clean_correct, subset.y.cpu(), subset.indices,
+                                   subset.x_l2, sources), "grid_of": grid_of})
         if outcome["kept"] is not None:
             rows[-1]["gallery_adv"] = outcome["kept"].to(torch.float16).tolist()
         if partial is not None:
             partial.keep(position, rows[-1])
-    rows.extend(worst_case_rows([r for r in rows if r["grid_of"] is None], clean_pred, y.cpu(), indices))
-    subset = subset_hash(indices)
-    evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,
-                  "protocol_hash": protocol.content_hash(), "protocol_spec": protocol.model_dump(mode="json"),
-                  "subset_hash": subset,
-                  "n_examples": int(len(indices)), "benign_accuracy": float(clean_correct.float().mean()),
-                  "seconds": time.perf_counter() - start}
-    adversarial = {row["attack_id"]: row.pop("gallery_adv") for row in rows if "gallery_adv" in row}
-    if gallery_dir is not None and keep is not None:
-        evaluation["gallery"] = write_gallery(gallery_dir, x[keep].cpu(), y.cpu()[keep], clean_pred[keep],
-                                              indices[keep], keep, rows, adversarial)
-    return evaluation, rows
+    return rows
+
+
+def guard_attack(protocol: Protocol) -> AttackSpec:
+    """The attack the fidelity guard reruns: the protocol's first that follows the model's
+    gradients (registry metadata ``gradients``)."""
+    for spec in protocol.attacks:
+        if ATTACKS.get(spec.attack).metadata.get("gradients"):
+            return spec
+    raise ConfigError(f"precision {protocol.precision.value}: protocol {protocol.name!r} has no gradient attack "
+                      f"for the fidelity guard to rerun in fp32 (attacks: {[a.attack for a in protocol.attacks]})")
+
+
+def _fidelity_guard(model: nn.Module, protocol: Protocol, sources: dict[str, SourceModel], subset: Subset,
+                    rows: list[dict[str, Any]], precision: Precision, label: str) -> GuardResult:
+    """Rerun the guard attack in fp32 on the first ``guard_size`` images of the subset and compare
+    its robust points with the low-precision row's on the same images."""
+    spec = guard_attack(protocol)
+    k = guard_size(len(subset.indices))
+    outcome = run_attack(build_attack(spec, sources), model, subset.x[:k], subset.y[:k], protocol.batch_size,
+                         False, f"{label} fidelity guard {spec.id}".strip())
+    fp32_robust = robust_points(outcome["pred"], subset.y[:k].cpu(), subset.clean_correct[:k])
+    row = next(r for r in rows if r["attack_id"] == spec.id)
+    low_robust = torch.tensor([e["adv_correct"] for e in row["examples"][:k]])
+    return judge(spec.id, precision, low_robust, fp32_robust)
 
 
 def write_gallery(folder: Path, clean: torch.Tensor, labels: torch.Tensor, clean_pred: torch.Tensor,

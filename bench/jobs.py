@@ -32,6 +32,9 @@ class TrainJob:
     #: of the key (they name the job, they do not change what it trains).
     entry: str = ""
     sweep: dict[str, Any] | None = None
+    #: Training arithmetic (``bench.precision``); in the key only when not fp32, so fp32 jobs keep
+    #: the keys they had before precision existed.
+    precision: str = "fp32"
 
     def key(self, dataset_fingerprint: str) -> str:
         payload = {"defense": self.defense, "hparams": self.hparams, "arch": self.arch,
@@ -39,6 +42,8 @@ class TrainJob:
                    "dataset": dataset_fingerprint, "code": TRAINING_CODE_VERSION}
         if self.init is not None:
             payload["init"] = self.init.key(dataset_fingerprint)
+        if self.precision != "fp32":
+            payload["precision"] = self.precision
         return canonical_hash(payload)
 
 
@@ -49,7 +54,8 @@ def _job(spec: TrainSpec, suite: Suite, label: str, role: str, seed: int,
     sweep = {spec.knob: trainer.hparams()[spec.knob]} if spec.swept or spec.sweep_of else None
     return TrainJob(label=label, role=role, defense=spec.defense, hparams=trainer.hparams(),
                     arch=model.arch, arch_params=dict(model.params), seed=seed,
-                    save_every_epoch=suite.save_every_epoch, entry=spec.entry, sweep=sweep)
+                    save_every_epoch=suite.save_every_epoch, entry=spec.entry, sweep=sweep,
+                    precision=suite.precision.value)
 
 
 def plan_training(suite: Suite) -> tuple[list[TrainJob], dict[str, TrainJob]]:

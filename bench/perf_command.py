@@ -18,6 +18,7 @@ from bench.checkpoints import load_checkpoint
 from bench.errors import ConfigError
 from bench.evaluate import eval_subset
 from bench.jobs import plan_training
+from bench.precision import Precision
 from bench.runner import Context, ensure_trained, load_suite_dataset
 from bench.suite import load_protocol, load_suite
 
@@ -38,6 +39,12 @@ def standard_checkpoint(args: argparse.Namespace, ctx: Context) -> Path:
 
 
 def run_perf(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    if args.shape is not None:
+        return _run_zoo(args, ctx)
+    if args.precision:
+        raise ConfigError("--precision needs --shape (the suite's model is timed in fp32)")
+    args.n = args.n or 1000
+    args.slow_n = args.slow_n or 250
     cases = [case for case in perf.CASES if fnmatch.fnmatchcase(case.name, args.only)]
     if not cases:
         raise ConfigError(f"--only {args.only!r} matches no case; cases: {[c.name for c in perf.CASES]}")
@@ -72,5 +79,23 @@ def run_perf(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
           f"{report['floor']['fb_img_per_s']:.0f} img/s ({report['floor']['probes']} probes)")
     for item in report["checks"]:
         print(f"[{'PASS' if item['pass'] else 'FAIL'}] {item['check']}: {item['detail']}")
+    print(f"wrote {out}")
+    return report
+
+
+def _run_zoo(args: argparse.Namespace, ctx: Context) -> dict[str, Any]:
+    """``--shape``: any zoo model on random inputs, per precision (``bench.perf_zoo``)."""
+    from bench.perf_zoo import run_zoo_perf
+
+    args.n = args.n or 256
+    args.slow_n = min(args.slow_n or 32, args.n)
+    args.precision = args.precision or [Precision.FP32]
+    start = time.perf_counter()
+    report = {"env": perf.environment(torch.get_num_threads()), "device": str(ctx.device),
+              **run_zoo_perf(args, ctx.device, print), "seconds": time.perf_counter() - start}
+    shape = "x".join(map(str, args.shape))
+    out = args.out or ctx.workdir / "perf" / f"perf-{args.model}-{shape}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
     print(f"wrote {out}")
     return report

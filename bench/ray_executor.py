@@ -66,7 +66,7 @@ def _worker_context(settings: WorkerSettings) -> Context:
         load_plugins(settings.plugins, settings.plugin_paths)
         torch.set_num_threads(settings.threads)
         _STATE.settings, _STATE.datasets = settings, {}
-        _STATE.ctx = Context(store=Store(settings.db_url), workdir=Path(settings.workdir),
+        _STATE.ctx = Context(store=Store(settings.db_url, reconnect=True), workdir=Path(settings.workdir),
                              device=torch.device(settings.device), data_root=settings.data_root, progress=False)
     assert _STATE.ctx is not None
     return _STATE.ctx

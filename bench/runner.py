@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from attacks import ATTACKS
+from attacks.base import canonical_hash
 from bench.checkpoints import (Checkpoint, load_aux, load_checkpoint, read_checkpoint, save_checkpoint,
                               verify_checkpoint)
 from bench.claims import Claim, claim_job
@@ -21,6 +23,7 @@ from bench.errors import AdvarenaError, CheckpointError, ConfigError
 from bench.evaluate import (PartialRows, SourceModel, build_attack, eval_subset, evaluate_model, evaluation_key,
                             subset_hash)
 from bench.jobs import TrainJob, plan_training
+from bench.precision import Precision, prepare, unwrap
 from bench.models import build_model
 from bench.suite import Protocol, Suite
 from defenses import EpochRecord, build_trainer
@@ -129,6 +132,7 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     epochs = trainer.common.epochs
 
     def record_epoch(epoch: int, trained: nn.Module, record: EpochRecord) -> None:
+        trained = unwrap(trained)
         ctx.store.add_epoch(run_id, vars(record).copy())
         if job.save_every_epoch and epoch < epochs:
             saved = save_checkpoint(folder / f"epoch-{epoch:03d}", trained,
@@ -138,7 +142,8 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     log.info("%s: training %s on %s (seed %d, %d epochs)", job.label, job.defense, job.arch, job.seed, epochs)
     start = time.perf_counter()
     try:
-        result = trainer.fit(model, dataset, job.seed, [record_epoch], progress=ctx.progress)
+        result = trainer.fit(prepare(model, Precision(job.precision)), dataset, job.seed, [record_epoch],
+                             progress=ctx.progress)
     except BaseException as err:
         ctx.store.fail_run(run_id, f"{type(err).__name__}: {err}")
         raise
@@ -152,7 +157,7 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
                     result.epochs[-1].epoch, result.kept_epoch)
     meta["aux"] = {name: _save_aux(folder / f"aux-{name}", name, module, meta, result.aux_arch.get(name))
                    for name, module in result.aux.items()}
-    final = save_checkpoint(folder / "final", result.model, meta)
+    final = save_checkpoint(folder / "final", unwrap(result.model), meta)
     checkpoint_id = ctx.store.add_checkpoint(run_id, final.sha256, str(final.path), final.meta, final=True)
     ctx.store.finish_run(run_id, time.perf_counter() - start, claim)
     log.info("%s: trained in %.1fs, test accuracy %.2f%%", job.label, time.perf_counter() - start,
@@ -188,8 +193,10 @@ def ensure_evaluated(model: nn.Module, checkpoint: Checkpoint, checkpoint_id: in
         partial = PartialRows(ctx.workdir / "partial" / key[:16])
         evaluation, rows = evaluate_model(model, dataset, protocol, sources, ctx.device, ctx.progress, label,
                                           partial, ctx.workdir / GALLERY_FOLDER)
+        execution = evaluation.pop("execution")
         ctx.store.save_evaluation({**evaluation, "key": key, "checkpoint_id": checkpoint_id,
-                                   "environment": environment_record(ctx.device)}, rows, claim)
+                                   "environment": {**environment_record(ctx.device), "execution": execution}},
+                                  rows, claim)
         partial.clear()
     return True
 
@@ -276,24 +283,60 @@ def store_external(model: nn.Module, weights_sha: str, spec: str, weights: Path,
     """Register a model trained elsewhere, loaded by ``bench.external.load_external``: copy it into
     an advarena checkpoint and store a finished run marked ``defense: external`` (once per model:
     factory, arguments, code and weights)."""
-    from bench.evaluate import predict
     from bench.external import external_key, external_provenance, save_external
 
     provenance = external_provenance(spec, kwargs, weights, weights_sha)
     key = external_key(provenance, dataset.fingerprint())
+    return _store_imported(model, key, label, "external", provenance, "external", dataset, ctx,
+                           lambda folder, benign: save_external(folder, model, provenance, label, dataset, benign))
+
+
+def store_robustbench(model: nn.Module, arch: str, weights: Path, threat_model: str, label: str,
+                      dataset: Dataset, ctx: Context) -> tuple[Checkpoint, int]:
+    """Register a RobustBench-format model loaded into our zoo architecture (``bench.robustbench``)
+    as a checkpoint of that architecture and a finished run marked ``defense: robustbench`` (once per
+    weights file, architecture and data)."""
+    from bench.checkpoints import file_sha256
+    from bench.robustbench import ARCHS
+
+    spec = ARCHS[arch]
+    provenance = {"provenance": "robustbench", "robustbench_arch": arch, "threat_model": threat_model,
+                  "weights_file": str(weights.resolve()), "weights_sha256": file_sha256(weights)}
+    key = canonical_hash({"robustbench": {k: v for k, v in provenance.items() if k != "weights_file"},
+                          "dataset": dataset.fingerprint()})
+    normalize = model.normalize
+
+    def save(folder: Path, benign: float) -> Checkpoint:
+        meta = {"arch": spec.zoo_arch, "arch_params": dict(spec.params), "input_shape": list(dataset.input_shape),
+                "num_classes": dataset.num_classes, "mean": normalize.mean.flatten().tolist(),
+                "std": normalize.std.flatten().tolist(),
+                "dataset": {"name": dataset.name, "fingerprint": dataset.fingerprint()}, "defense": "robustbench",
+                "hparams": provenance, "seed": 0, "epoch": 0, "label": label, "benign_accuracy": benign,
+                "provenance": "robustbench"}
+        return save_checkpoint(folder, model, meta)
+
+    return _store_imported(model, key, label, "robustbench", provenance, spec.zoo_arch, dataset, ctx, save)
+
+
+def _store_imported(model: nn.Module, key: str, label: str, defense: str, provenance: dict, arch: str,
+                    dataset: Dataset, ctx: Context,
+                    save: Callable[[Path, float], Checkpoint]) -> tuple[Checkpoint, int]:
+    """The stored checkpoint of an imported model (``key``), else ``save(folder, benign accuracy)``
+    recorded as a finished run of ``defense`` with ``provenance`` as its hyper-parameters."""
+    from bench.evaluate import predict
+
     dataset_id = ctx.store.dataset_id(dataset.fingerprint(), dataset.describe())
     row = _finished_checkpoint(key, ctx)
     if row is not None:
         return _load_stored(row.path, row.sha256, ctx.device)[1], row.id
     x, y = dataset.x_test.to(ctx.device), dataset.y_test.to(ctx.device)
     benign = float((predict(model, x, 250) == y).float().mean())
-    run_id = ctx.store.start_run(key, label=label, role="defense", defense="external", hparams=provenance,
-                                 arch="external", arch_params={}, dataset_id=dataset_id, seed=0, entry=label,
+    run_id = ctx.store.start_run(key, label=label, role="defense", defense=defense, hparams=provenance,
+                                 arch=arch, arch_params={}, dataset_id=dataset_id, seed=0, entry=label,
                                  sweep=None, environment=environment_record(ctx.device))
-    checkpoint = save_external(ctx.workdir / "checkpoints" / f"{label}-{key[:12]}", model, provenance, label,
-                               dataset, benign)
+    checkpoint = save(ctx.workdir / "checkpoints" / f"{label}-{key[:12]}", benign)
     checkpoint_id = ctx.store.add_checkpoint(run_id, checkpoint.sha256, str(checkpoint.path), checkpoint.meta,
                                              final=True)
     ctx.store.finish_run(run_id, 0.0)
-    log.info("%s: external model from %s stored (benign accuracy %.2f%%)", label, spec, 100 * benign)
+    log.info("%s: %s model stored (benign accuracy %.2f%%)", label, defense, 100 * benign)
     return checkpoint, checkpoint_id

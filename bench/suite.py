@@ -17,8 +17,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from attacks.base import canonical_hash
 from bench.core.params import one_line
 from bench.errors import AdvarenaError, ConfigError, did_you_mean
+from bench.precision import Precision
 
 CONFIG_PACKAGE = "bench.configs"
+#: Execution settings of a protocol and their defaults (left out of its content hash).
+EXECUTION_DEFAULTS: dict[str, Any] = {"precision": Precision.FP32, "compile": False}
 
 
 class _Strict(BaseModel):
@@ -109,6 +112,11 @@ class Protocol(_Strict):
     eval_subset: EvalSubset
     batch_size: int = Field(default=250, gt=0)
     attacks: list[AttackSpec] = Field(min_length=1)
+    #: Arithmetic of the attacks and whether the model is ``torch.compile``d (``bench.precision``).
+    #: At their defaults they are left out of the content hash, so protocols written before them
+    #: keep their keys; any other value makes other evaluations.
+    precision: Precision = Precision.FP32
+    compile: bool = False
 
     @field_validator("dataset")
     @classmethod
@@ -144,7 +152,19 @@ class Protocol(_Strict):
         return out
 
     def content_hash(self) -> str:
-        return canonical_hash(self.model_dump())
+        payload = self.model_dump()
+        for name, default in EXECUTION_DEFAULTS.items():
+            if payload[name] == default:
+                del payload[name]
+        return canonical_hash(payload)
+
+    def executed(self, precision: "Precision | None" = None, compile: bool | None = None) -> "Protocol":
+        """This protocol run in ``precision`` and with ``compile`` where given (the command line's
+        ``--precision``/``--compile``); the content hash follows."""
+        update = {k: v for k, v in (("precision", precision), ("compile", compile)) if v is not None}
+        if "precision" in update:
+            update["precision"] = Precision(update["precision"])
+        return self.model_copy(update=update) if update else self
 
 
 class ModelSpec(_Strict):
@@ -232,6 +252,9 @@ class Suite(_Strict):
     name: str
     description: str = ""
     protocol: str = "quick"
+    #: Arithmetic of training (``bench.precision``): fp32, or bf16 autocast (fp16 training would
+    #: need loss scaling, which the trainers do not do). Part of a job's key unless fp32.
+    precision: Precision = Precision.FP32
     model: ModelSpec = Field(default_factory=ModelSpec)
     #: Defaults for every trainer's common hyper-parameters (epochs, batch_size, lr ...).
     training: dict[str, Any] = Field(default_factory=dict)
@@ -263,6 +286,13 @@ class Suite(_Strict):
             raise ValueError(f"unknown training setting(s) {unknown}; accepted: {sorted(allowed)}")
         common_hparams(training)
         return training
+
+    @field_validator("precision")
+    @classmethod
+    def _trainable_precision(cls, value: Precision) -> Precision:
+        if value is Precision.FP16:
+            raise ValueError("training in fp16 needs loss scaling, which the trainers do not do; use bf16 or fp32")
+        return value
 
     @model_validator(mode="after")
     def _epoch_evaluation_needs_epoch_checkpoints(self) -> "Suite":

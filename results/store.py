@@ -96,7 +96,10 @@ def redacted(url: str) -> str:
 class Store:
     """Typed access to the result tables; every write method is one transaction."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, reconnect: bool = False) -> None:
+        """Open (and migrate) the store at ``url``. ``reconnect``: keep trying for up to
+        ``RECONNECT_SECONDS`` while the server is unreachable, as a worker of a running suite must
+        through a database restart; a user's command fails at once on a wrong URL instead."""
         self.url = url
         try:
             self.engine: Engine = create_engine(engine_url(url), pool_pre_ping=True)
@@ -110,7 +113,10 @@ class Store:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         try:
-            self._migrate()
+            if reconnect:
+                self._retrying(self._migrate)
+            else:
+                self._migrate()
         except OperationalError as err:
             reason = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err)
             raise StoreError(f"cannot open database {redacted(self.url)!r}: {reason}") from None
@@ -172,11 +178,17 @@ class Store:
         """``work(session)`` in one transaction, run again on a new connection when the server
         went away meanwhile (a PostgreSQL restart), for up to ``RECONNECT_SECONDS``. ``work`` must
         be safe to repeat: it sees nothing of a transaction that failed."""
+        def attempt() -> T:
+            with self.session() as session:
+                return work(session)
+        return self._retrying(attempt)
+
+    def _retrying(self, attempt: Callable[[], T]) -> T:
+        """``attempt()``, repeated with backoff while it fails because the server is unreachable."""
         deadline, delay = time.monotonic() + RECONNECT_SECONDS, 0.5
         while True:
             try:
-                with self.session() as session:
-                    return work(session)
+                return attempt()
             except DBAPIError as err:
                 if not _transient(err, self.dialect) or time.monotonic() > deadline:
                     raise

@@ -130,7 +130,7 @@ def test_a_killed_ray_node_and_a_restarted_database_lose_and_duplicate_nothing(t
                              cwd=ROOT, capture_output=True, text=True, timeout=1500)
         thread.join(timeout=5)
         cluster.shutdown()
-        assert run.returncode == 0, run.stderr[-3000:]
+        assert run.returncode == 0, run.stderr[-30000:]
         assert len(events) == 2, (events, run.stderr[-3000:])
         assert partial_results(url) == []
         on_ray, uninterrupted = stored_results(url), stored_results(local / "advarena.db")

@@ -21,6 +21,7 @@ from bench.checkpoints import WEIGHTS_FILE, file_sha256, load_aux, load_checkpoi
 from bench.datasets import load_dataset
 from bench.environment import environment_record
 from bench.errors import AdvarenaError
+from bench.precision import Precision, prepare
 from bench.evaluate import (SourceModel, build_attack, eval_subset, predict, robust_points, run_attack,
                             subset_hash)
 from bench.suite import Protocol, load_protocol
@@ -133,8 +134,11 @@ def _reproduce_evaluation(store: Store, row: CheckpointRow, evaluation: Evaluati
     stored = store.evaluation_rows(evaluation.id)
     by_id = {r["attack_id"]: r for r in stored}
     chosen = [s for s, _ in spec.expanded_attacks() if any(fnmatch.fnmatchcase(s.id, p) for p in attack_patterns)]
+    # the attacks ran in the precision the evaluation records (fp32 where the fidelity guard fell back)
+    executed = (evaluation.environment or {}).get("execution", {})
+    attacked = prepare(model, Precision(executed.get("precision", "fp32")), bool(executed.get("compile", False)))
     for attack_spec in chosen:
-        report.items.append(_rerun(store, attack_spec, by_id.get(attack_spec.id), model, x, y, clean_correct,
+        report.items.append(_rerun(store, attack_spec, by_id.get(attack_spec.id), attacked, x, y, clean_correct,
                                    spec.batch_size, device, exact, tolerance))
     report.flags = masking_flags(stored, evaluation.benign_accuracy, masking_tolerance,
                                  Reattack(model, x, y, spec.batch_size, clean_correct))
