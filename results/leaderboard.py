@@ -5,6 +5,7 @@ Accuracies are percentages computed from exact counts (robust images / images, e
 
 from __future__ import annotations
 
+import math
 import textwrap
 
 import pandas as pd
@@ -70,6 +71,18 @@ def leaderboard(store: Store, protocol: str) -> pd.DataFrame:
     columns = ["label", "defense", "arch", "seed", "benign_accuracy", *names.values(), "sec_per_epoch", "audit"]
     return table[columns].rename(columns={"benign_accuracy": "benign", "sec_per_epoch": "sec/epoch"}
                                  ).reset_index(drop=True)
+
+
+def significant(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, trailing zeros kept (2.2 -> "2.20", 0.0912 ->
+    "0.0912", 1234.5 -> "1.23e+03"): norms and seconds read alike in every table."""
+    value = float(value)
+    if value == 0 or not math.isfinite(value):
+        return f"{value:g}"
+    magnitude = math.floor(math.log10(abs(value)))
+    if not -4 <= magnitude < digits:
+        return f"{value:.{digits - 1}e}"
+    return f"{value:.{max(0, digits - 1 - magnitude)}f}"
 
 
 def exact_count(fraction: float, n: int) -> int:
@@ -155,7 +168,7 @@ def _text(shown: pd.DataFrame, clip: dict[str, int] | None) -> pd.DataFrame:
         if column == "seed" or not pd.api.types.is_float_dtype(values):
             text[column] = ["-" if pd.isna(v) else str(v) for v in values]
         elif "L2" in str(column) or column == "sec/epoch":
-            text[column] = ["-" if pd.isna(v) else f"{v:.3g}" for v in values]
+            text[column] = ["-" if pd.isna(v) else significant(v) for v in values]
         else:
             text[column] = ["-" if pd.isna(v) else f"{v:.1f}" for v in values]
     for column in ("label", "audit"):

@@ -26,6 +26,7 @@ from markupsafe import Markup, escape
 from results import curves, gallery, headline, tables
 from results.frames import StoreFrames, load_frames
 from results.interop import reference_table
+from results.leaderboard import significant
 from results.store import Store
 
 
@@ -123,7 +124,7 @@ def format_value(kind: str, value: object) -> str:
     if kind == "accuracy":
         return f"{float(value):.1f}"
     if kind == "norm":
-        return f"{float(value):.3g}"
+        return significant(float(value))
     if kind == "p":
         return headline.format_p(float(value))
     if kind == "int":
@@ -195,8 +196,10 @@ def _subset(frames: StoreFrames, entry: str) -> StoreFrames:
 
 
 def _environment() -> Environment:
-    return Environment(loader=PackageLoader("results", "templates"), autoescape=select_autoescape(["html.j2"]),
-                       keep_trailing_newline=True)
+    env = Environment(loader=PackageLoader("results", "templates"), autoescape=select_autoescape(["html.j2"]),
+                      keep_trailing_newline=True)
+    env.filters["significant"] = significant
+    return env
 
 
 def write_report(store: Store, protocol: str, out: Path, matching: tables.MatchingOptions,

@@ -3,7 +3,7 @@ the full protocol's (every attack column, AutoAttack, long labels and audit badg
 
 import pandas as pd
 
-from results.leaderboard import TERMINAL_WIDTH, exported, format_table, key_columns, percent_of, render
+from results.leaderboard import TERMINAL_WIDTH, exported, format_table, key_columns, percent_of, render, significant
 
 ATTACKS = ["fgsm-linf-0.3", "pgd40-linf-0.3", "mim10-linf-0.3", "fgm-l2-2.0", "pgd40-l2-2.0",
            "transfer-pgd40-linf-0.3 (black-box)", "apgd-ce-linf-0.3", "noise-linf-0.3", "autoattack-linf-0.3"]
@@ -25,6 +25,11 @@ def full_table() -> pd.DataFrame:
 def test_percentages_come_from_exact_counts():
     assert percent_of(0.98199999, 1000) == 98.2 and repr(percent_of(0.31900000000000002, 1000)) == "31.9"
     assert percent_of(float("nan"), 10) != percent_of(float("nan"), 10)  # NaN stays missing
+
+
+def test_norms_keep_three_significant_digits():
+    assert [significant(v) for v in (2.2, 0.0912345, 12.3456, 123.45, 1234.5, 0.0, 1.0)] == \
+        ["2.20", "0.0912", "12.3", "123", "1.23e+03", "0", "1.00"]
 
 
 def test_the_default_table_fits_120_columns_and_wide_shows_everything():
