@@ -579,7 +579,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from results.frames import load_frames
-    from results.headline import format_p, headline_attack, paired
+    from results.headline import headline_attack, paired
 
     frames = load_frames(_context(args, existing=True).store, args.protocol)
     if frames.checkpoints.empty:
@@ -600,7 +600,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
     print(f"  difference A - B  {(result.b - result.c) * 100 / n:+.1f} points, 95% paired bootstrap interval "
           f"[{100 * result.low:+.1f}, {100 * result.high:+.1f}]")
     print(f"  McNemar exact     {result.b} images robust for {args.a} only, {result.c} for {args.b} only: "
-          f"p = {format_p(result.p_value)}" + (f" ({result.p_value:.3g})" if result.p_value < 1e-3 else ""))
+          f"p = {result.p_value:.2g}")
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
