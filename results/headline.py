@@ -138,9 +138,10 @@ def paired_matrix(pairs: pd.DataFrame) -> pd.DataFrame:
     cells = pd.DataFrame("", index=labels, columns=labels, dtype=object)
     for row in pairs.to_dict("records"):
         for first, second, sign in ((row["A"], row["B"], 1), (row["B"], row["A"], -1)):
-            low, high = sorted((sign * row["95% low"], sign * row["95% high"]))
-            cells.loc[first, second] = (f"{sign * row['A - B']:+.1f} [{low:+.1f}, {high:+.1f}] "
-                                        f"p={format_p(row['McNemar p'])}")
+            low, high = sorted((sign * row["95% low"] + 0.0, sign * row["95% high"] + 0.0))  # no -0.0
+            p = format_p(row["McNemar p"])
+            cells.loc[first, second] = (f"{sign * row['A - B'] + 0.0:+.1f} [{low:+.1f}, {high:+.1f}] "
+                                        f"p{p if p.startswith('<') else '=' + p}")
     for label in labels:
         cells.loc[label, label] = "-"
     cells.index.name = "row - column"

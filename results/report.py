@@ -49,7 +49,7 @@ def build_sections(frames: StoreFrames, matching: tables.MatchingOptions,
                 "the worst case over every attack of that threat model (AutoAttack's, when the protocol runs "
                 "it). Benign and robust accuracy carry 95% Wilson intervals; the other worst cases, "
                 "AutoAttack and the minimum-norm attacks' median L2 follow, then the newest audit's badge.",
-                headline.headline_table(frames)),
+                headline.headline_table(frames).drop(columns="entry", errors="ignore")),
         Section("leaderboard", "Leaderboard at matched benign accuracy",
                 "Robust accuracy (%) of each entry at the target benign accuracy, interpolated on the "
                 "Pareto front of its sweep values and epoch checkpoints, else its nearest checkpoint "
