@@ -58,7 +58,7 @@ def build_sections(frames: StoreFrames, matching: tables.MatchingOptions,
         Section("paired", f"Paired comparisons under {attack_id}",
                 "Row minus column, in accuracy points on the same images: the difference, its paired "
                 "bootstrap 95% interval (10,000 resamples, seed 0) and McNemar's exact p-value on the images "
-                "robust for one of the two only. tables/paired.csv has the counts.",
+                "robust for one of the two only. tables/paired-long.csv has the counts.",
                 headline.paired_matrix(pairs)),
         Section("results", "Results per configuration",
                 "Accuracy (%) of each final checkpoint under every protocol attack and worst case; "
@@ -181,7 +181,8 @@ def markdown_table(table: pd.DataFrame) -> str:
         return "_No rows._"
     shown, kinds = display_frame(table)
     text = pd.DataFrame({c: [format_value(kinds[c], v) for v in shown[c]] for c in shown.columns})
-    return text.to_markdown(index=False, disable_numparse=True)
+    align = tuple("left" if kinds[c] == "text" else "right" for c in shown.columns)
+    return text.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def slug(name: str) -> str:
