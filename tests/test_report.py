@@ -189,14 +189,20 @@ def test_chromium_pages_load_every_image_and_tables_sort_on_click(report, tmp_pa
         assert counts["defense"] >= 4 + 2 * (8 + 5 * 16) and counts["gallery"] == 8 + 3 * 16
 
         browser.open(pages["index"].as_uri())
-        before = _cells(browser, "table-headline", 2)
-        browser.click("#table-headline thead th:nth-child(2)")  # label
-        assert _cells(browser, "table-headline", 2) == sorted(before)
-        browser.click("#table-headline thead th:nth-child(2)")
-        assert _cells(browser, "table-headline", 2) == sorted(before, reverse=True)
-        browser.click("#table-headline thead th:nth-child(7)")  # benign accuracy, numerically
-        benign = [float(v) for v in _cells(browser, "table-headline", 7)]
-        assert benign == sorted(benign)
+        headers = browser.evaluate("Array.from(document.querySelectorAll('#table-headline thead th'))"
+                                   ".map(th => th.textContent)")
+        label, benign = headers.index("label") + 1, headers.index("benign") + 1
+        before = _cells(browser, "table-headline", label)
+        browser.click(f"#table-headline thead th:nth-child({label})")
+        assert _cells(browser, "table-headline", label) == sorted(before)
+        browser.click(f"#table-headline thead th:nth-child({label})")
+        assert _cells(browser, "table-headline", label) == sorted(before, reverse=True)
+        browser.click(f"#table-headline thead th:nth-child({benign})")  # numerically, by data-v
+        values = [float(v) for v in _cells(browser, "table-headline", benign)]
+        assert values == sorted(values) and len(values) == 3
+        browser.click(f"#table-headline thead th:nth-child({benign})")
+        values = [float(v) for v in _cells(browser, "table-headline", benign)]
+        assert values == sorted(values, reverse=True) and len(set(values)) == 3
         browser.evaluate("(() => { const i = document.querySelector('input[data-table=table-headline]'); "
                          "i.value = 'standard'; i.dispatchEvent(new Event('input')); })()")
         visible = browser.evaluate("Array.from(document.querySelectorAll('#table-headline tbody tr'))"
