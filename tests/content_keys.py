@@ -17,7 +17,9 @@ from torch import nn
 ZERO_SHA = "0" * 64
 
 
-def current_keys() -> dict[str, Any]:
+def current_keys(protocols: list[str] | None = None, suites: list[str] | None = None) -> dict[str, Any]:
+    """The keys of ``protocols`` and ``suites`` (default: every shipped one; those on file-based
+    datasets need them under ``--data-root``, so the test asks for the recorded ones)."""
     from attacks import ATTACKS
     from bench.datasets import load_dataset
     from bench.evaluate import EVALUATOR_VERSION, eval_subset, evaluation_key, subset_hash
@@ -27,7 +29,7 @@ def current_keys() -> dict[str, Any]:
     keys: dict[str, Any] = {"evaluator_version": EVALUATOR_VERSION, "training_code_version": TRAINING_CODE_VERSION,
                             "protocols": {}, "suites": {}}
     fingerprints: dict[str, str] = {}
-    for name in shipped_names("protocol"):
+    for name in protocols if protocols is not None else shipped_names("protocol"):
         protocol = load_protocol(name)
         attacks = {}
         for spec, _ in protocol.expanded_attacks():
@@ -39,9 +41,12 @@ def current_keys() -> dict[str, Any]:
         keys["protocols"][name] = {"content_hash": protocol.content_hash(), "subset": subset,
                                    "attacks": {i: a.key() for i, a in sorted(attacks.items())},
                                    "evaluation_key": evaluation_key(ZERO_SHA, protocol, subset, attacks)}
-    for name in shipped_names("suite"):
+    for name in suites if suites is not None else shipped_names("suite"):
         suite = load_suite(name)
-        fingerprint = fingerprints[load_protocol(suite.protocol).dataset]
+        dataset_name = load_protocol(suite.protocol).dataset
+        if dataset_name not in fingerprints:
+            fingerprints[dataset_name] = load_dataset(dataset_name).fingerprint()
+        fingerprint = fingerprints[dataset_name]
         defenses, surrogates = plan_training(suite)
         keys["suites"][name] = {"defenses": {job.label: job.key(fingerprint) for job in defenses},
                                 "surrogates": {role: job.key(fingerprint) for role, job in surrogates.items()}}
