@@ -256,10 +256,20 @@ def training_table(frames: StoreFrames) -> pd.DataFrame:
 
 
 def environment_table(frames: StoreFrames) -> pd.DataFrame:
-    """The distinct environments the evaluations ran in (package versions, device, commit)."""
+    """The distinct environments the evaluations ran in (package versions, device, commit) and
+    how the attacks ran: precision, compilation and the fidelity guard's verdict (``bench.precision``;
+    evaluations stored before these existed ran in fp32, uncompiled)."""
     seen: dict[str, dict] = {}
     for env in frames.checkpoints.environment:
+        env = dict(env or {})
+        execution = env.pop("execution", None) or {}
+        guard = execution.get("fidelity_guard")
+        env["precision"] = execution.get("precision", "fp32")
+        env["compile"] = bool(execution.get("compile", False))
+        env["fidelity guard"] = (f"{guard['low_precision']} {100 * guard['low_precision_robust_accuracy']:.1f}% vs fp32 "
+                                 f"{100 * guard['fp32_robust_accuracy']:.1f}% on {guard['n_examples']} images: "
+                                 f"{'kept' if guard['passed'] else 'discarded, rerun in fp32'}") if guard else "-"
         flat = {k: (v if isinstance(v, (str, int, float, bool)) or v is None else str(v))
-                for k, v in sorted((env or {}).items())}
+                for k, v in sorted(env.items())}
         seen.setdefault(str(sorted(flat.items())), flat)
     return pd.DataFrame(list(seen.values())) if seen else pd.DataFrame()

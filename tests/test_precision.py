@@ -175,3 +175,20 @@ def test_a_compiled_model_gives_the_eager_results(trained_mlp, digits):
     eager = attack(trained_mlp, x, y, attack.make_generator(x.device))
     fast = attack(compiled, x, y, attack.make_generator(x.device))
     assert torch.allclose(eager.x_adv, fast.x_adv, atol=1e-5) and torch.equal(eager.success, fast.success)
+
+
+def test_the_report_shows_how_each_evaluation_ran():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from results.tables import environment_table
+
+    guard = {"attack_id": "pgd10", "n_examples": 20, "low_precision": "bf16", "low_precision_robust_accuracy": 0.9,
+             "fp32_robust_accuracy": 0.2, "tolerance_points": 0.5, "passed": False}
+    frames = SimpleNamespace(checkpoints=pd.DataFrame({"environment": [
+        {"device": "cpu"},
+        {"device": "cpu", "execution": {"precision": "fp32", "compile": False, "fidelity_guard": guard}}]}))
+    table = environment_table(frames)
+    assert table["precision"].tolist() == ["fp32", "fp32"]
+    assert table["fidelity guard"].tolist() == ["-", "bf16 90.0% vs fp32 20.0% on 20 images: discarded, rerun in fp32"]
