@@ -35,6 +35,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _natural(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _amount(text: str) -> float:
     """An argparse type: a finite number >= 0."""
     try:
@@ -100,6 +111,22 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
                             "is cuda")
 
 
+def _add_training(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("how training runs")
+    group.add_argument("--workers", type=_natural, default=0, metavar="N",
+                       help="DataLoader worker processes that gather and augment training batches; the "
+                            "batches are the same for any N (default: 0, in the training process)")
+    group.add_argument("--keep-states", type=_count, default=1, metavar="K",
+                       help="finished-epoch training states kept per unfinished run, for mid-run resume "
+                            "(default: %(default)s; removed when the run finishes)")
+
+
+def _add_subset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--subset", type=_count, default=None, metavar="N",
+                        help="evaluate on the first N images of the protocol's eval subset; stored under "
+                             "protocol NAME@subsetN, never mixed with full-subset results")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="advarena",
@@ -114,7 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="shipped suite name or path to a suite .yaml (default: %(default)s)")
     run.add_argument("--protocol", default=None,
                      help="override the suite's protocol: shipped name or path to a .yaml")
+    _add_subset(run)
     _add_executor(run)
+    _add_training(run)
     _add_common(run)
 
     train = sub.add_parser("train", help="train the suite's missing defenses and surrogates only",
@@ -123,6 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("suite", nargs="?", default="default",
                        help="shipped suite name or path to a suite .yaml (default: %(default)s)")
     _add_executor(train)
+    _add_training(train)
     _add_common(train)
 
     evaluate = sub.add_parser("eval", help="evaluate one checkpoint under a protocol and store the results",
@@ -146,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--source", action="append", default=[], metavar="ROLE=CHECKPOINT",
                           help="checkpoint folder of the transfer source named ROLE in the protocol "
                                "(repeatable); transfer attacks without a source are an error")
+    _add_subset(evaluate)
     _add_common(evaluate)
 
     board = sub.add_parser("leaderboard", help="print the leaderboard from the store",
@@ -292,7 +323,8 @@ def _context(args: argparse.Namespace, device: torch.device | None = None, exist
                 folder.rmdir()
         raise
     return Context(store=store, workdir=args.workdir.resolve(), device=device, data_root=args.data_root,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, workers=getattr(args, "workers", 0),
+                   keep_states=getattr(args, "keep_states", 1))
 
 
 def _print_leaderboard(ctx, protocol: str, fmt: str = "table") -> None:
@@ -321,9 +353,14 @@ def cmd_run(args: argparse.Namespace) -> None:
     from bench.suite import load_protocol, load_suite
 
     suite = load_suite(args.suite)
-    protocol = load_protocol(args.protocol or suite.protocol)
+    protocol = _with_subset(load_protocol(args.protocol or suite.protocol), args.subset)
     ctx = _run_jobs(args, suite, protocol, evaluate=True)[0]
     _print_leaderboard(ctx, protocol.name)
+
+
+def _with_subset(protocol: Protocol, subset: int | None) -> Protocol:
+    """``protocol`` on the first ``subset`` images of its eval subset (``Protocol.on_subset``)."""
+    return protocol if subset is None else protocol.on_subset(subset)
 
 
 def _run_jobs(args: argparse.Namespace, suite: Suite, protocol: Protocol,
@@ -389,7 +426,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         raise ConfigError("give a checkpoint folder or --model-factory with --weights (not both)")
     if (args.model_factory is None) != (args.weights is None):
         raise ConfigError("--model-factory and --weights go together")
-    protocol = load_protocol(args.protocol)
+    protocol = _with_subset(load_protocol(args.protocol), args.subset)
     kwargs = _json_object(args.factory_kwargs, "--factory-kwargs")
     roles = [_source_role(item) for item in args.source]
     needed = sorted({str(spec.source) for spec, _ in protocol.expanded_attacks() if spec.source_kind == "surrogate"})

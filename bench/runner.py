@@ -24,6 +24,7 @@ from bench.jobs import TrainJob, plan_training
 from bench.models import build_model
 from bench.suite import Protocol, Suite
 from defenses import EpochRecord, build_trainer
+from defenses.resume import EpochStates
 from results.schema import CheckpointRow
 from results.store import Store
 
@@ -39,6 +40,10 @@ class Context:
     device: torch.device
     data_root: str | None = None
     progress: bool = True
+    #: DataLoader worker processes per training job (0: batches gathered in this process).
+    workers: int = 0
+    #: Finished-epoch training states kept per unfinished run (mid-run resume; ``defenses.resume``).
+    keep_states: int = 1
 
 
 @dataclass(frozen=True)
@@ -113,10 +118,16 @@ def _finished_checkpoint(key: str, ctx: Context) -> CheckpointRow | None:
 
 def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Context, claim: Claim) -> TrainedModel:
     folder = ctx.workdir / "checkpoints" / f"{job.label}-{key[:12]}"
-    run_id = ctx.store.start_run(key, label=job.label, role=job.role, defense=job.defense,
-                                 hparams=job.hparams, arch=job.arch, arch_params=job.arch_params,
-                                 dataset_id=dataset_id, seed=job.seed, entry=job.entry, sweep=job.sweep,
-                                 environment=environment_record(ctx.device))
+    states = EpochStates(folder / "states", ctx.keep_states)
+    fields = dict(label=job.label, role=job.role, defense=job.defense, hparams=job.hparams, arch=job.arch,
+                  arch_params=job.arch_params, dataset_id=dataset_id, seed=job.seed, entry=job.entry,
+                  sweep=job.sweep, environment=environment_record(ctx.device))
+    saved_epochs = states.epochs()
+    if saved_epochs:
+        run_id = ctx.store.resume_run(key, saved_epochs[-1], **fields)
+        log.info("%s: resuming after epoch %d (saved training state)", job.label, saved_epochs[-1])
+    else:
+        run_id = ctx.store.start_run(key, **fields)
     trainer = build_trainer(job.defense, job.hparams)
     model = build_untrained(job, dataset).to(ctx.device)
     if job.init is not None:
@@ -135,7 +146,8 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     log.info("%s: training %s on %s (seed %d, %d epochs)", job.label, job.defense, job.arch, job.seed, epochs)
     start = time.perf_counter()
     try:
-        result = trainer.fit(model, dataset, job.seed, [record_epoch], progress=ctx.progress)
+        result = trainer.fit(model, dataset, job.seed, [record_epoch], progress=ctx.progress, workers=ctx.workers,
+                             states=states)
     except BaseException as err:
         ctx.store.fail_run(run_id, f"{type(err).__name__}: {err}")
         raise
@@ -152,6 +164,7 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     final = save_checkpoint(folder / "final", result.model, meta)
     checkpoint_id = ctx.store.add_checkpoint(run_id, final.sha256, str(final.path), final.meta, final=True)
     ctx.store.finish_run(run_id, time.perf_counter() - start, claim)
+    states.clear()
     log.info("%s: trained in %.1fs, test accuracy %.2f%%", job.label, time.perf_counter() - start,
              100 * kept.test_accuracy)
     return TrainedModel(job, checkpoint_id, final.path, final.sha256)

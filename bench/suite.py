@@ -109,6 +109,8 @@ class Protocol(_Strict):
     eval_subset: EvalSubset
     batch_size: int = Field(default=250, gt=0)
     attacks: list[AttackSpec] = Field(min_length=1)
+    #: Set by ``on_subset`` (``--subset N``): the evaluation ran on N images of the eval subset.
+    subset: int | None = Field(default=None, gt=0)
 
     @field_validator("dataset")
     @classmethod
@@ -143,8 +145,30 @@ class Protocol(_Strict):
             out.extend((point, spec.id) for point in spec.grid())
         return out
 
+    def on_subset(self, n: int) -> "Protocol":
+        """This protocol on ``n`` images (``--subset N``): the first ``n`` draws of its seeded
+        eval subset (``np.random.RandomState(seed).choice`` draws a prefix of the same permutation,
+        so the images are a subset of the full protocol's), named ``NAME@subsetN`` so that its
+        results are stored, listed and compared apart from full-subset ones."""
+        if self.subset is not None:
+            raise ConfigError(f"protocol {self.name!r} is already restricted to a subset of {self.subset}")
+        return self.model_copy(update={"name": f"{self.name}@subset{n}", "subset": n,
+                                       "eval_subset": EvalSubset(size=min(n, self.eval_subset.size),
+                                                                 seed=self.eval_subset.seed)})
+
+    def spec(self) -> dict[str, Any]:
+        """The protocol as stored (JSON types); ``subset`` appears only when set: it was added
+        after content keys were fixed, so full-subset protocols hash and store as before."""
+        dumped = self.model_dump(mode="json")
+        if dumped["subset"] is None:
+            del dumped["subset"]
+        return dumped
+
     def content_hash(self) -> str:
-        return canonical_hash(self.model_dump())
+        dumped = self.model_dump()
+        if dumped["subset"] is None:
+            del dumped["subset"]
+        return canonical_hash(dumped)
 
 
 class ModelSpec(_Strict):
