@@ -279,6 +279,27 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                           help="import MODULE first, so its registrations validate (repeatable)")
 
+    estimate = sub.add_parser("estimate", help="passes and device time per job of a suite or protocol, before running it",
+                              description="Forward and backward passes per training and evaluation job from the "
+                                          "configs, and seconds per job from a short probe on this device (a few "
+                                          "minibatches of each trainer on random images of the dataset's shape; "
+                                          "each network's forward and backward time for the attacks' pass "
+                                          "budgets, an upper bound). Nothing is stored; no data is read.")
+    estimate.add_argument("config", metavar="SUITE|PROTOCOL", help="shipped suite or protocol name, or a .yaml path")
+    estimate.add_argument("--protocol", default=None, help="a suite's protocol override (default: the suite's)")
+    estimate.add_argument("--model", default=None, metavar="ARCH",
+                          help="network a protocol alone is estimated for (default: preact-resnet18 for 3-channel "
+                               "data, else mnist-cnn)")
+    estimate.add_argument("--probe-images", type=_count, default=None, metavar="N",
+                          help="images per probe minibatch (default: the batch size on cuda, at most 16 on cpu)")
+    estimate.add_argument("--json", action="store_true", help="print the per-job estimates as JSON")
+    _add_subset(estimate)
+    estimate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                          help="device to probe; auto = cuda when available (default: auto)")
+    estimate.add_argument("--threads", type=_count, default=None, help="torch CPU threads (default: torch's choice)")
+    estimate.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                          help="import MODULE first, so its registrations are known (repeatable)")
+
     listing = sub.add_parser("list", help="list registered names (wildcards allowed)",
                              description="List datasets, models, defenses, attacks, or shipped protocols "
                                          "and suites.")
@@ -615,6 +636,30 @@ def cmd_validate(args: argparse.Namespace) -> None:
                   f"({', '.join(spec.id for spec, _ in config.expanded_attacks())})")
 
 
+def cmd_estimate(args: argparse.Namespace) -> None:
+    import json
+    from dataclasses import asdict
+
+    from bench.estimate import estimate_evaluation, estimate_suite, format_estimates, split_sizes
+    from bench.suite import Suite, load_config, load_protocol
+
+    config = load_config(args.config)
+    device = _device(args)
+    probe = args.probe_images or (None if device.type == "cuda" else 16)
+    if isinstance(config, Suite):
+        protocol = _with_subset(load_protocol(args.protocol or config.protocol), args.subset)
+        estimates = estimate_suite(config, protocol, device, probe)
+    else:
+        protocol = _with_subset(config, args.subset)
+        shape = split_sizes(protocol.dataset)[2]
+        arch = args.model or ("preact-resnet18" if shape[0] == 3 else "mnist-cnn")
+        estimates = [estimate_evaluation(protocol, arch, arch, {}, device, probe)]
+    if args.json:
+        print(json.dumps([asdict(e) for e in estimates], indent=1))
+    else:
+        print(format_estimates(estimates, device))
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from bench.suite import shipped_names
 
@@ -645,7 +690,7 @@ def _registry(kind: str):
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard,
             "report": cmd_report, "audit": cmd_audit, "list": cmd_list, "perf": cmd_perf, "export": cmd_export,
-            "import-reference": cmd_import_reference, "validate": cmd_validate}
+            "import-reference": cmd_import_reference, "validate": cmd_validate, "estimate": cmd_estimate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
