@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="network a protocol alone is estimated for (default: preact-resnet18 for 3-channel "
                                "data, else mnist-cnn)")
     estimate.add_argument("--probe-images", type=_count, default=None, metavar="N",
-                          help="images per probe minibatch (default: the batch size on cuda, at most 16 on cpu)")
+                          help="images per probe minibatch (default: the batch size on cuda, at most 8 on cpu)")
     estimate.add_argument("--json", action="store_true", help="print the per-job estimates as JSON")
     _add_subset(estimate)
     estimate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -645,7 +645,7 @@ def cmd_estimate(args: argparse.Namespace) -> None:
 
     config = load_config(args.config)
     device = _device(args)
-    probe = args.probe_images or (None if device.type == "cuda" else 16)
+    probe = args.probe_images or (None if device.type == "cuda" else 8)
     if isinstance(config, Suite):
         protocol = _with_subset(load_protocol(args.protocol or config.protocol), args.subset)
         estimates = estimate_suite(config, protocol, device, probe)

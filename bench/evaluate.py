@@ -173,7 +173,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     specs = protocol.expanded_attacks()
     attacks = {spec.id: build_attack(spec, sources) for spec, _ in specs}
     rows = []
-    for position, (spec, grid_of) in enumerate(specs):
+    for position, (spec, grid_of) in enumerate(tqdm(specs, desc=f"{label} attacks".strip(), unit="attack",
+                                                    leave=False, disable=None if progress else True)):
         kept = partial.get(position, spec.id) if partial is not None else None
         if kept is not None:
             log.info("%s: %s done before the interruption; reusing its kept row", label, spec.id)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from attacks import ATTACKS
 from bench.checkpoints import (Checkpoint, load_aux, load_checkpoint, read_checkpoint, save_checkpoint,
@@ -222,12 +223,22 @@ def load_suite_dataset(protocol: Protocol, ctx: Context, dataset: Dataset | None
     return dataset, ctx.store.dataset_id(dataset.fingerprint(), dataset.describe())
 
 
-def train_suite(suite: Suite, dataset: Dataset, dataset_id: int,
-                ctx: Context) -> tuple[list[TrainedModel], dict[str, TrainedModel]]:
-    """Train every missing defense and surrogate of the suite."""
+def train_suite(suite: Suite, dataset: Dataset, dataset_id: int, ctx: Context,
+                overall: tqdm | None = None) -> tuple[list[TrainedModel], dict[str, TrainedModel]]:
+    """Train every missing defense and surrogate of the suite (``overall``: a progress bar over
+    the run's jobs, advanced as each finishes)."""
     defense_jobs, surrogate_jobs = plan_training(suite)
-    surrogates = {role: ensure_trained(job, dataset, dataset_id, ctx) for role, job in surrogate_jobs.items()}
-    defenses = [ensure_trained(job, dataset, dataset_id, ctx) for job in defense_jobs]
+
+    def train(job: TrainJob) -> TrainedModel:
+        if overall is not None:
+            overall.set_postfix_str(f"training {job.label}")
+        trained = ensure_trained(job, dataset, dataset_id, ctx)
+        if overall is not None:
+            overall.update()
+        return trained
+
+    surrogates = {role: train(job) for role, job in surrogate_jobs.items()}
+    defenses = [train(job) for job in defense_jobs]
     return defenses, surrogates
 
 
@@ -272,12 +283,20 @@ def run_suite(suite: Suite, protocol: Protocol, ctx: Context, evaluate: bool = T
     train what is missing, then evaluate every defense under the protocol plus the suite's own
     attacks, one job after another in this process. Returns the trained surrogates and defenses."""
     dataset, dataset_id = load_suite_dataset(protocol, ctx, dataset)
-    defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
-    if evaluate:
-        sources = attack_sources(suite, defenses, surrogates, ctx.device)
-        with_attacks = protocol.with_attacks(suite.attacks)
-        for trained in defenses:
-            evaluate_trained(trained, dataset, with_attacks, sources, ctx, suite.evaluate_every_epoch)
+    defense_jobs, surrogate_jobs = plan_training(suite)
+    total = len(defense_jobs) * (2 if evaluate else 1) + len(surrogate_jobs)
+    # The whole run's jobs, with time remaining; each training job shows its epochs and each
+    # evaluation its attacks beneath it.
+    with tqdm(total=total, desc=f"advarena {suite.name}", unit="job", disable=None if ctx.progress else True,
+              position=0) as overall:
+        defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx, overall)
+        if evaluate:
+            sources = attack_sources(suite, defenses, surrogates, ctx.device)
+            with_attacks = protocol.with_attacks(suite.attacks)
+            for trained in defenses:
+                overall.set_postfix_str(f"evaluating {trained.job.label}")
+                evaluate_trained(trained, dataset, with_attacks, sources, ctx, suite.evaluate_every_epoch)
+                overall.update()
     return [*surrogates.values(), *defenses]
 
 

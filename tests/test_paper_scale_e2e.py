@@ -1,0 +1,86 @@
+"""A tiny end-to-end run of seeds-cifar10 entries on CPU: CIFAR-10 files written here in the python
+pickle format, width-reduced PreAct-ResNet-18, one epoch with crop+flip augmentation, the
+cifar10-linf protocol on --subset 64; trains, evaluates (stored apart as cifar10-linf@subset64) and
+reports."""
+
+import copy
+import pickle
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ENTRIES = ("standard", "pgd-at", "fast-at", "pgn")
+
+
+def write_cifar10(folder: Path, per_batch: int = 40, n_test: int = 100) -> None:
+    """data_batch_1..5 and test_batch as CIFAR-10's python pickles: bytes keys, uint8 (N, 3072) rows."""
+    rng = np.random.RandomState(0)
+    folder.mkdir(parents=True)
+    for name, n in [*((f"data_batch_{i}", per_batch) for i in range(1, 6)), ("test_batch", n_test)]:
+        labels = rng.randint(0, 10, size=n)
+        # Class-dependent colour so that one epoch learns something.
+        base = (labels[:, None] * 25 + rng.randint(0, 30, size=(n, 3072))).clip(0, 255)
+        batch = {b"batch_label": name.encode(), b"labels": labels.tolist(), b"data": base.astype(np.uint8),
+                 b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def tiny_seeds_cifar10(path: Path) -> None:
+    """seeds-cifar10's entries ENTRIES and its surrogates, width-reduced and for one epoch."""
+    suite = yaml.safe_load((resources.files("bench.configs") / "suites" / "seeds-cifar10.yaml").read_text())
+    suite["name"] = "seeds-cifar10-tiny"
+    suite["model"] = {"arch": "preact-resnet18", "params": {"width": 4}}
+    suite["defenses"] = [copy.deepcopy(d) for d in suite["defenses"] if (d.get("label") or d["defense"]) in ENTRIES]
+    for entry in [*suite["defenses"], *suite["surrogates"].values()]:
+        entry["hparams"] = {**entry.get("hparams", {}), "epochs": 1, "batch_size": 50}
+        if entry["defense"] == "pgn":
+            entry["hparams"].update(c_L=50.0, generator_width=8, generator_hidden=32)
+        if entry["defense"] == "pgd-at":
+            entry["hparams"]["steps"] = 2
+    suite["surrogates"]["surrogate-other-arch"]["model"] = {"arch": "convpool-cnn", "params": {"width": 0.125}}
+    assert {"augment" in e.get("hparams", {}) or "augment" in suite["training"] for e in suite["defenses"]} == {True}
+    path.write_text(yaml.safe_dump(suite))
+
+
+def _advarena(*args):
+    return subprocess.run([sys.executable, "-m", "bench.cli", *args, "--threads", "2"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_seeds_cifar10_entries_train_evaluate_and_report_on_cifar_files(tmp_path):
+    write_cifar10(tmp_path / "data" / "cifar-10-batches-py")
+    suite = tmp_path / "suite.yaml"
+    tiny_seeds_cifar10(suite)
+    work = tmp_path / "work"
+    run = _advarena("run", str(suite), "--data-root", str(tmp_path / "data"), "--subset", "64", "--workdir",
+                    str(work), "--no-progress", "--workers", "1")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "cifar10-linf@subset64" in run.stdout + run.stderr
+
+    from sqlalchemy import select
+
+    from results.schema import Evaluation, TrainingRun
+    from results.store import Store, default_url
+
+    store = Store(default_url(work))
+    with store.session() as session:
+        runs = session.scalars(select(TrainingRun)).all()
+        evaluations = session.scalars(select(Evaluation)).all()
+    assert sorted(r.label for r in runs) == sorted([*ENTRIES[:3], "pgn@c_L=50", "surrogate", "surrogate-other-arch"])
+    assert all(r.status == "finished" for r in runs)
+    assert {"pad_crop": 4, "hflip": True, "pad_mode": "reflect"} in [r.hparams.get("augment") for r in runs]
+    assert len(evaluations) == 4
+    assert {(e.protocol, e.n_examples) for e in evaluations} == {("cifar10-linf@subset64", 64)}
+    report = _advarena("report", "--protocol", "cifar10-linf@subset64", "--workdir", str(work))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert Path(report.stdout.strip().splitlines()[-1]).is_file()
+    # The full protocol has no results: subset results are never mixed in.
+    board = _advarena("leaderboard", "--protocol", "cifar10-linf", "--workdir", str(work), "--format", "csv")
+    assert "pgd-at" not in board.stdout
