@@ -84,3 +84,16 @@ def test_a_subset_is_a_marked_prefix_of_the_protocol_s_subset():
     assert np.array_equal(eval_subset(100, 64, 0), np.sort(np.random.RandomState(0).choice(100, 64, replace=False)))
     with pytest.raises(Exception, match="already restricted"):
         small.on_subset(8)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--workers", "-1"], "--workers: expected an integer >= 0, got -1"),
+    (["run", "--subset", "0"], "--subset: expected an integer >= 1, got 0"),
+    (["train", "--keep-states", "0"], "--keep-states: expected an integer >= 1, got 0"),
+])
+def test_bad_scale_options_are_one_line_errors(capsys, argv, message):
+    from bench.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("advarena: error:") and message in err and err.count("\n") == 1

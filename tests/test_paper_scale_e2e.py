@@ -21,7 +21,7 @@ CHEAP = {"pgd": {"steps": 2, "restarts": 1}, "mim": {"steps": 2}, "noise": {"dra
          "deepfool": {"steps": 3}, "cw": {"steps": 5, "search_steps": 1}}
 
 
-def write_cifar10(folder: Path, per_batch: int = 40, n_test: int = 100) -> None:
+def write_cifar10(folder: Path, per_batch: int = 20, n_test: int = 80) -> None:
     """data_batch_1..5 and test_batch as CIFAR-10's python pickles: bytes keys, uint8 (N, 3072) rows."""
     rng = np.random.RandomState(0)
     folder.mkdir(parents=True)
@@ -94,7 +94,7 @@ def test_seeds_cifar10_entries_train_evaluate_and_report_on_cifar_files(tmp_path
     with store.session() as session:
         runs = session.scalars(select(TrainingRun)).all()
         evaluations = session.scalars(select(Evaluation)).all()
-    assert sorted(r.label for r in runs) == sorted([*ENTRIES[:2], "pgn@c_L=50", "surrogate", "surrogate-other-arch"])
+    assert sorted(r.label for r in runs) == sorted([*ENTRIES, "surrogate", "surrogate-other-arch"])
     assert all(r.status == "finished" for r in runs)
     assert {"pad_crop": 4, "hflip": True, "pad_mode": "reflect"} in [r.hparams.get("augment") for r in runs]
     assert len(evaluations) == 3
