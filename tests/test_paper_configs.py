@@ -44,8 +44,8 @@ def test_a_shipped_protocol_builds_every_attack(name):
 def test_a_shipped_suite_builds_every_trainer_and_network(name):
     suite = load_suite(name)
     protocol = load_protocol(suite.protocol)
-    shape, classes = DATASETS.get(protocol.dataset).metadata.get("shape"), DATASETS.get(protocol.dataset).metadata.get("classes")
-    shape = shape or (1, 28, 28)
+    meta = DATASETS.get(protocol.dataset).metadata
+    shape, classes = meta.get("shape") or (1, 28, 28), meta.get("classes")
     defenses, surrogates = plan_training(suite)
     for job in [*defenses, *surrogates.values()]:
         trainer = build_trainer(job.defense, job.hparams)
