@@ -79,9 +79,10 @@ def _sync(device: torch.device) -> None:
 
 
 def probe_training(job: TrainJob, shape: tuple[int, ...], classes: int, device: torch.device,
-                   probe_images: int | None, batches: int = 2) -> tuple[float, float, float]:
+                   probe_images: int | None, batches: int = 3) -> tuple[float, float, float]:
     """(forward, backward, seconds) per training image of ``job``'s trainer: ``batches`` timed
-    minibatches after one warm-up minibatch."""
+    minibatches after one warm-up minibatch; the fastest one's time (a shared CPU's other load
+    only ever slows a batch down)."""
     trainer = build_trainer(job.defense, job.hparams)
     size = min(trainer.common.batch_size, probe_images or trainer.common.batch_size)
     trainer.common = CommonHParams(**{**trainer.common.as_dict(), "batch_size": size})
@@ -92,7 +93,7 @@ def probe_training(job: TrainJob, shape: tuple[int, ...], classes: int, device: 
     optimizer = trainer.make_optimizer(model)
     for module in trainer.trained_modules(model):
         module.train()
-    counter, seconds = PassCounter(), 0.0
+    counter, times = PassCounter(), []
     for number in range(batches + 1):
         index = torch.arange(number * size, (number + 1) * size)
         ctx = BatchContext(1, generator, counter if number else PassCounter(), index.to(device), 0.0)
@@ -102,18 +103,19 @@ def probe_training(job: TrainJob, shape: tuple[int, ...], classes: int, device: 
         trainer.train_batch(model, x, y, ctx, optimizer)
         _sync(device)
         if number:
-            seconds += time.perf_counter() - start
+            times.append(time.perf_counter() - start)
     images = size * batches
-    return counter.forward / images, counter.backward / images, seconds / images
+    return counter.forward / images, counter.backward / images, min(times) / size
 
 
 def probe_passes(arch: str, params: dict[str, Any], shape: tuple[int, ...], classes: int, device: torch.device,
-                 images: int, repeats: int = 2) -> tuple[float, float]:
-    """Seconds per image of one forward and of one backward pass to the input (eval mode)."""
+                 images: int, repeats: int = 3) -> tuple[float, float]:
+    """Seconds per image of one forward and of one backward pass to the input (eval mode), the
+    fastest of ``repeats`` after a warm-up."""
     model = _network(arch, params, shape, classes, device).eval()
     x = torch.rand(images, *shape, device=device)
     y = torch.zeros(images, dtype=torch.long, device=device)
-    forward = backward = 0.0
+    forwards, backwards = [], []
     for repeat in range(repeats + 1):
         xg = x.clone().requires_grad_(True)
         _sync(device)
@@ -124,9 +126,9 @@ def probe_passes(arch: str, params: dict[str, Any], shape: tuple[int, ...], clas
         torch.autograd.grad(loss, xg)
         _sync(device)
         if repeat:
-            forward += middle - start
-            backward += time.perf_counter() - middle
-    return forward / (repeats * images), backward / (repeats * images)
+            forwards.append(middle - start)
+            backwards.append(time.perf_counter() - middle)
+    return min(forwards) / images, min(backwards) / images
 
 
 def attack_budget(spec: AttackSpec, classes: int) -> tuple[float, float]:
