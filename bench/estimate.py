@@ -177,7 +177,9 @@ def estimate_suite(suite: Suite, protocol: Protocol, device: torch.device,
     out: list[JobEstimate] = []
     cache: dict[str, tuple[float, float, float]] = {}
     passes: dict[str, tuple[float, float]] = {}
-    for job in [*surrogates.values(), *defenses]:
+    jobs = [*surrogates.values(), *defenses]
+    probe_training(jobs[0], shape, classes, device, probe_images)  # process warm-up (thread pools, kernels), discarded
+    for job in jobs:
         key = repr((job.defense, job.arch, sorted(job.arch_params.items()),
                     sorted((k, repr(v)) for k, v in job.hparams.items() if k not in _COST_FREE)))
         if key not in cache:
