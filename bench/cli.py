@@ -36,6 +36,17 @@ def _count(text: str) -> int:
     return value
 
 
+def _natural(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _amount(text: str) -> float:
     """An argparse type: a finite number >= 0."""
     try:
@@ -101,6 +112,22 @@ def _add_executor(parser: argparse.ArgumentParser) -> None:
                             "is cuda")
 
 
+def _add_training(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("how training runs")
+    group.add_argument("--workers", type=_natural, default=0, metavar="N",
+                       help="DataLoader worker processes that gather and augment training batches; the "
+                            "batches are the same for any N (default: 0, in the training process)")
+    group.add_argument("--keep-states", type=_count, default=1, metavar="K",
+                       help="finished-epoch training states kept per unfinished run, for mid-run resume "
+                            "(default: %(default)s; removed when the run finishes)")
+
+
+def _add_subset(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--subset", type=_count, default=None, metavar="N",
+                        help="evaluate on the first N images of the protocol's eval subset; stored under "
+                             "protocol NAME@subsetN, never mixed with full-subset results")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="advarena",
@@ -116,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--protocol", default=None,
                      help="override the suite's protocol: shipped name or path to a .yaml")
     _add_execution(run, training=True)
+    _add_subset(run)
     _add_executor(run)
+    _add_training(run)
     _add_common(run)
 
     train = sub.add_parser("train", help="train the suite's missing defenses and surrogates only",
@@ -125,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("suite", nargs="?", default="default",
                        help="shipped suite name or path to a suite .yaml (default: %(default)s)")
     _add_executor(train)
+    _add_training(train)
     _add_common(train)
 
     evaluate = sub.add_parser("eval", help="evaluate one checkpoint under a protocol and store the results",
@@ -160,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--source", action="append", default=[], metavar="ROLE=CHECKPOINT",
                           help="checkpoint folder of the transfer source named ROLE in the protocol "
                                "(repeatable); transfer attacks without a source are an error")
+    _add_subset(evaluate)
     _add_common(evaluate)
 
     board = sub.add_parser("leaderboard", help="print the leaderboard from the store",
@@ -291,6 +322,27 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                           help="import MODULE first, so its registrations validate (repeatable)")
 
+    estimate = sub.add_parser("estimate", help="passes and device time per job of a suite or protocol, before running it",
+                              description="Forward and backward passes per training and evaluation job from the "
+                                          "configs, and seconds per job from a short probe on this device (a few "
+                                          "minibatches of each trainer on random images of the dataset's shape; "
+                                          "each network's forward and backward time for the attacks' pass "
+                                          "budgets, an upper bound). Nothing is stored; no data is read.")
+    estimate.add_argument("config", metavar="SUITE|PROTOCOL", help="shipped suite or protocol name, or a .yaml path")
+    estimate.add_argument("--protocol", default=None, help="a suite's protocol override (default: the suite's)")
+    estimate.add_argument("--model", default=None, metavar="ARCH",
+                          help="network a protocol alone is estimated for (default: preact-resnet18 for 3-channel "
+                               "data, else mnist-cnn)")
+    estimate.add_argument("--probe-images", type=_count, default=None, metavar="N",
+                          help="images per probe minibatch (default: the batch size on cuda, at most 8 on cpu)")
+    estimate.add_argument("--json", action="store_true", help="print the per-job estimates as JSON")
+    _add_subset(estimate)
+    estimate.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                          help="device to probe; auto = cuda when available (default: auto)")
+    estimate.add_argument("--threads", type=_count, default=None, help="torch CPU threads (default: torch's choice)")
+    estimate.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                          help="import MODULE first, so its registrations are known (repeatable)")
+
     listing = sub.add_parser("list", help="list registered names (wildcards allowed)",
                              description="List datasets, models, defenses, attacks, or shipped protocols "
                                          "and suites.")
@@ -357,7 +409,8 @@ def _context(args: argparse.Namespace, device: torch.device | None = None, exist
                 folder.rmdir()
         raise
     return Context(store=store, workdir=args.workdir.resolve(), device=device, data_root=args.data_root,
-                   progress=not args.no_progress)
+                   progress=not args.no_progress, workers=getattr(args, "workers", 0),
+                   keep_states=getattr(args, "keep_states", 1))
 
 
 def _print_leaderboard(ctx, protocol: str, fmt: str = "table", wide: bool = False) -> None:
@@ -388,13 +441,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     from bench.suite import load_protocol, load_suite
 
     suite = load_suite(args.suite)
-    protocol = load_protocol(args.protocol or suite.protocol).executed(args.precision, args.compile)
+    protocol = _with_subset(load_protocol(args.protocol or suite.protocol), args.subset).executed(args.precision,
+                                                                                             args.compile)
     if args.precision in ("fp32", "bf16"):   # fp16 applies to the attacks only (no loss scaling in training)
         from bench.precision import Precision
 
         suite = suite.model_copy(update={"precision": Precision(args.precision)})
     ctx = _run_jobs(args, suite, protocol, evaluate=True)[0]
     _print_leaderboard(ctx, protocol.name)
+
+
+def _with_subset(protocol: Protocol, subset: int | None) -> Protocol:
+    """``protocol`` on the first ``subset`` images of its eval subset (``Protocol.on_subset``)."""
+    return protocol if subset is None else protocol.on_subset(subset)
 
 
 def _run_jobs(args: argparse.Namespace, suite: Suite, protocol: Protocol,
@@ -465,7 +524,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if (args.robustbench_checkpoint is None) != (args.arch is None) or \
             (args.robustbench_checkpoint is None) != (args.dataset is None):
         raise ConfigError("--robustbench-checkpoint, --arch and --dataset go together")
-    protocol = load_protocol(args.protocol).executed(args.precision, args.compile)
+    protocol = _with_subset(load_protocol(args.protocol), args.subset).executed(args.precision, args.compile)
     if args.dataset is not None and args.dataset != protocol.dataset:
         raise ConfigError(f"--dataset {args.dataset} but protocol {protocol.name!r} evaluates on {protocol.dataset}")
     kwargs = _json_object(args.factory_kwargs, "--factory-kwargs")
@@ -694,6 +753,30 @@ def cmd_validate(args: argparse.Namespace) -> None:
                   f"({', '.join(spec.id for spec, _ in config.expanded_attacks())})")
 
 
+def cmd_estimate(args: argparse.Namespace) -> None:
+    import json
+    from dataclasses import asdict
+
+    from bench.estimate import estimate_evaluation, estimate_suite, format_estimates, split_sizes
+    from bench.suite import Suite, load_config, load_protocol
+
+    config = load_config(args.config)
+    device = _device(args)
+    probe = args.probe_images or (None if device.type == "cuda" else 8)
+    if isinstance(config, Suite):
+        protocol = _with_subset(load_protocol(args.protocol or config.protocol), args.subset)
+        estimates = estimate_suite(config, protocol, device, probe)
+    else:
+        protocol = _with_subset(config, args.subset)
+        shape = split_sizes(protocol.dataset)[2]
+        arch = args.model or ("preact-resnet18" if shape[0] == 3 else "mnist-cnn")
+        estimates = [estimate_evaluation(protocol, arch, arch, {}, device, probe)]
+    if args.json:
+        print(json.dumps([asdict(e) for e in estimates], indent=1))
+    else:
+        print(format_estimates(estimates, device))
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from bench.suite import shipped_names
 
@@ -724,7 +807,7 @@ def _registry(kind: str):
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
             "report": cmd_report, "audit": cmd_audit, "list": cmd_list, "perf": cmd_perf, "export": cmd_export,
-            "import-reference": cmd_import_reference, "validate": cmd_validate}
+            "import-reference": cmd_import_reference, "validate": cmd_validate, "estimate": cmd_estimate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -82,12 +82,22 @@ def robust_points(pred: torch.Tensor, y: torch.Tensor, clean_correct: torch.Tens
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Predicted labels (on the model's device) of ``x``, which may stay in host memory: batches
+    are copied to the device one at a time."""
+    from bench.datasets.loader import eval_batches
+
     was_training = model.training
     model.eval()
+    device = _model_device(model, x)
     with torch.no_grad():
-        preds = [model(x[i:i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)]
+        preds = [model(xb).argmax(1) for xb, _ in eval_batches(x, None, batch_size, device)]
     model.train(was_training)
     return torch.cat(preds)
+
+
+def _model_device(model: nn.Module, x: torch.Tensor) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else x.device
 
 
 #: Images of each evaluation kept for the report's gallery: the same seeded positions of the eval
@@ -106,9 +116,11 @@ def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tenso
                batch_size: int, progress: bool = False, label: str = "",
                keep: np.ndarray | None = None) -> dict[str, Any]:
     """Attack ``x`` in batches of ``batch_size`` with one generator for the whole set (a
-    ``whole_set`` attack gets every image in one call and batches internally). With ``keep``
-    (sorted positions), the adversarial images at those positions come back as ``kept``."""
-    generator = attack.make_generator(x.device)
+    ``whole_set`` attack gets every image in one call and batches internally). ``x`` and ``y``
+    may stay in host memory: each batch is copied to the model's device as it is attacked. With
+    ``keep`` (sorted positions), the adversarial images at those positions come back as ``kept``."""
+    device = _model_device(model, x)
+    generator = attack.make_generator(device)
     kept: list[torch.Tensor] = []
     parts: dict[str, list[torch.Tensor]] = {"success": [], "pred": [], "l2": [], "linf": [], "success_step": []}
     forward = backward = 0
@@ -116,7 +128,8 @@ def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     start = time.perf_counter()
     for begin in tqdm(range(0, x.shape[0], chunk), desc=label, leave=False, unit="batch",
                       disable=None if progress else True):
-        result = attack(model, x[begin:begin + chunk], y[begin:begin + chunk], generator)
+        result = attack(model, x[begin:begin + chunk].to(device, non_blocking=True),
+                        y[begin:begin + chunk].to(device, non_blocking=True), generator)
         for name in parts:
             value = getattr(result, name)
             if value is not None:
@@ -177,8 +190,10 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     fp32 on a fixed slice; if the low-precision result is weaker there, every attack is rerun in
     fp32. ``evaluation["execution"]`` says which precision the stored rows come from, and why."""
     indices = eval_subset(dataset.x_test.shape[0], protocol.eval_subset.size, protocol.eval_subset.seed)
-    x = dataset.x_test[indices].to(device)
-    y = dataset.y_test[indices].to(device)
+    # The eval subset stays in host memory (pinned on CUDA); batches go to the device as attacked.
+    x, y = dataset.x_test[indices], dataset.y_test[indices]
+    if device.type == "cuda":
+        x, y = x.pin_memory(), y.pin_memory()
     start = time.perf_counter()
     clean_pred = predict(model, x, protocol.batch_size).cpu()
     clean_correct = clean_pred == y.cpu()
@@ -201,7 +216,7 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
                                progress, label, None, keep)
     rows.extend(worst_case_rows([r for r in rows if r["grid_of"] is None], clean_pred, y.cpu(), indices))
     evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,
-                  "protocol_hash": protocol.content_hash(), "protocol_spec": protocol.model_dump(mode="json"),
+                  "protocol_hash": protocol.content_hash(), "protocol_spec": protocol.spec(),
                   "subset_hash": subset_hash(indices),
                   "n_examples": int(len(indices)), "benign_accuracy": float(clean_correct.float().mean()),
                   "seconds": time.perf_counter() - start, "execution": execution}
@@ -214,7 +229,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
 
 @dataclass(frozen=True)
 class Subset:
-    """The protocol's eval images on the device, their labels and what is known of them clean."""
+    """The protocol's eval images (in host memory; batches go to the device as attacked), their
+    labels and what is known of them clean."""
 
     indices: np.ndarray
     x: torch.Tensor
@@ -231,7 +247,8 @@ def _attack_all(model: nn.Module, protocol: Protocol, sources: dict[str, SourceM
     specs = protocol.expanded_attacks()
     attacks = {spec.id: build_attack(spec, sources) for spec, _ in specs}
     rows = []
-    for position, (spec, grid_of) in enumerate(specs):
+    for position, (spec, grid_of) in enumerate(tqdm(specs, desc=f"{label} attacks".strip(), unit="attack",
+                                                    leave=False, disable=None if progress else True)):
         kept = partial.get(position, spec.id) if partial is not None else None
         if kept is not None:
             log.info("%s: %s done before the interruption; reusing its kept row", label, spec.id)

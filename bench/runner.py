@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from attacks import ATTACKS
 from attacks.base import canonical_hash
@@ -27,6 +28,7 @@ from bench.precision import Precision, prepare, unwrap
 from bench.models import build_model
 from bench.suite import Protocol, Suite
 from defenses import EpochRecord, build_trainer
+from defenses.resume import EpochStates
 from results.schema import CheckpointRow
 from results.store import Store
 
@@ -45,6 +47,10 @@ class Context:
     device: torch.device
     data_root: str | None = None
     progress: bool = True
+    #: DataLoader worker processes per training job (0: batches gathered in this process).
+    workers: int = 0
+    #: Finished-epoch training states kept per unfinished run (mid-run resume; ``defenses.resume``).
+    keep_states: int = 1
 
 
 @dataclass(frozen=True)
@@ -119,10 +125,16 @@ def _finished_checkpoint(key: str, ctx: Context) -> CheckpointRow | None:
 
 def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Context, claim: Claim) -> TrainedModel:
     folder = ctx.workdir / "checkpoints" / f"{job.label}-{key[:12]}"
-    run_id = ctx.store.start_run(key, label=job.label, role=job.role, defense=job.defense,
-                                 hparams=job.hparams, arch=job.arch, arch_params=job.arch_params,
-                                 dataset_id=dataset_id, seed=job.seed, entry=job.entry, sweep=job.sweep,
-                                 environment=environment_record(ctx.device))
+    states = EpochStates(folder / "states", ctx.keep_states)
+    fields = dict(label=job.label, role=job.role, defense=job.defense, hparams=job.hparams, arch=job.arch,
+                  arch_params=job.arch_params, dataset_id=dataset_id, seed=job.seed, entry=job.entry,
+                  sweep=job.sweep, environment=environment_record(ctx.device))
+    saved_epochs = states.epochs()
+    if saved_epochs:
+        run_id = ctx.store.resume_run(key, saved_epochs[-1], **fields)
+        log.info("%s: resuming after epoch %d (saved training state)", job.label, saved_epochs[-1])
+    else:
+        run_id = ctx.store.start_run(key, **fields)
     trainer = build_trainer(job.defense, job.hparams)
     model = build_untrained(job, dataset).to(ctx.device)
     if job.init is not None:
@@ -143,7 +155,7 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     start = time.perf_counter()
     try:
         result = trainer.fit(prepare(model, Precision(job.precision)), dataset, job.seed, [record_epoch],
-                             progress=ctx.progress)
+                             progress=ctx.progress, workers=ctx.workers, states=states)
     except BaseException as err:
         ctx.store.fail_run(run_id, f"{type(err).__name__}: {err}")
         raise
@@ -160,6 +172,7 @@ def _train(job: TrainJob, key: str, dataset: Dataset, dataset_id: int, ctx: Cont
     final = save_checkpoint(folder / "final", unwrap(result.model), meta)
     checkpoint_id = ctx.store.add_checkpoint(run_id, final.sha256, str(final.path), final.meta, final=True)
     ctx.store.finish_run(run_id, time.perf_counter() - start, claim)
+    states.clear()
     log.info("%s: trained in %.1fs, test accuracy %.2f%%", job.label, time.perf_counter() - start,
              100 * kept.test_accuracy)
     return TrainedModel(job, checkpoint_id, final.path, final.sha256)
@@ -219,12 +232,22 @@ def load_suite_dataset(protocol: Protocol, ctx: Context, dataset: Dataset | None
     return dataset, ctx.store.dataset_id(dataset.fingerprint(), dataset.describe())
 
 
-def train_suite(suite: Suite, dataset: Dataset, dataset_id: int,
-                ctx: Context) -> tuple[list[TrainedModel], dict[str, TrainedModel]]:
-    """Train every missing defense and surrogate of the suite."""
+def train_suite(suite: Suite, dataset: Dataset, dataset_id: int, ctx: Context,
+                overall: tqdm | None = None) -> tuple[list[TrainedModel], dict[str, TrainedModel]]:
+    """Train every missing defense and surrogate of the suite (``overall``: a progress bar over
+    the run's jobs, advanced as each finishes)."""
     defense_jobs, surrogate_jobs = plan_training(suite)
-    surrogates = {role: ensure_trained(job, dataset, dataset_id, ctx) for role, job in surrogate_jobs.items()}
-    defenses = [ensure_trained(job, dataset, dataset_id, ctx) for job in defense_jobs]
+
+    def train(job: TrainJob) -> TrainedModel:
+        if overall is not None:
+            overall.set_postfix_str(f"training {job.label}")
+        trained = ensure_trained(job, dataset, dataset_id, ctx)
+        if overall is not None:
+            overall.update()
+        return trained
+
+    surrogates = {role: train(job) for role, job in surrogate_jobs.items()}
+    defenses = [train(job) for job in defense_jobs]
     return defenses, surrogates
 
 
@@ -269,12 +292,20 @@ def run_suite(suite: Suite, protocol: Protocol, ctx: Context, evaluate: bool = T
     train what is missing, then evaluate every defense under the protocol plus the suite's own
     attacks, one job after another in this process. Returns the trained surrogates and defenses."""
     dataset, dataset_id = load_suite_dataset(protocol, ctx, dataset)
-    defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx)
-    if evaluate:
-        sources = attack_sources(suite, defenses, surrogates, ctx.device)
-        with_attacks = protocol.with_attacks(suite.attacks)
-        for trained in defenses:
-            evaluate_trained(trained, dataset, with_attacks, sources, ctx, suite.evaluate_every_epoch)
+    defense_jobs, surrogate_jobs = plan_training(suite)
+    total = len(defense_jobs) * (2 if evaluate else 1) + len(surrogate_jobs)
+    # The whole run's jobs, with time remaining; each training job shows its epochs and each
+    # evaluation its attacks beneath it.
+    with tqdm(total=total, desc=f"advarena {suite.name}", unit="job", disable=None if ctx.progress else True,
+              position=0) as overall:
+        defenses, surrogates = train_suite(suite, dataset, dataset_id, ctx, overall)
+        if evaluate:
+            sources = attack_sources(suite, defenses, surrogates, ctx.device)
+            with_attacks = protocol.with_attacks(suite.attacks)
+            for trained in defenses:
+                overall.set_postfix_str(f"evaluating {trained.job.label}")
+                evaluate_trained(trained, dataset, with_attacks, sources, ctx, suite.evaluate_every_epoch)
+                overall.update()
     return [*surrogates.values(), *defenses]
 
 

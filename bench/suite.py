@@ -117,6 +117,8 @@ class Protocol(_Strict):
     #: keep their keys; any other value makes other evaluations.
     precision: Precision = Precision.FP32
     compile: bool = False
+    #: Set by ``on_subset`` (``--subset N``): the evaluation ran on N images of the eval subset.
+    subset: int | None = Field(default=None, gt=0)
 
     @field_validator("dataset")
     @classmethod
@@ -151,11 +153,35 @@ class Protocol(_Strict):
             out.extend((point, spec.id) for point in spec.grid())
         return out
 
+    def on_subset(self, n: int) -> "Protocol":
+        """This protocol on ``n`` images (``--subset N``): the first ``n`` draws of its seeded
+        eval subset (``np.random.RandomState(seed).choice`` draws a prefix of the same permutation,
+        so the images are a subset of the full protocol's), named ``NAME@subsetN`` so that its
+        results are stored, listed and compared apart from full-subset ones."""
+        if self.subset is not None:
+            raise ConfigError(f"protocol {self.name!r} is already restricted to a subset of {self.subset}")
+        return self.model_copy(update={"name": f"{self.name}@subset{n}", "subset": n,
+                                       "eval_subset": EvalSubset(size=min(n, self.eval_subset.size),
+                                                                 seed=self.eval_subset.seed)})
+
+    def spec(self) -> dict[str, Any]:
+        """The protocol as stored (JSON types); ``subset`` appears only when set: it was added
+        after content keys were fixed, so full-subset protocols hash and store as before."""
+        dumped = self.model_dump(mode="json")
+        if dumped["subset"] is None:
+            del dumped["subset"]
+        for name, default in EXECUTION_DEFAULTS.items():
+            if dumped[name] == default:
+                del dumped[name]
+        return dumped
+
     def content_hash(self) -> str:
         payload = self.model_dump()
         for name, default in EXECUTION_DEFAULTS.items():
             if payload[name] == default:
                 del payload[name]
+        if payload["subset"] is None:
+            del payload["subset"]
         return canonical_hash(payload)
 
     def executed(self, precision: "Precision | None" = None, compile: bool | None = None) -> "Protocol":

@@ -25,12 +25,16 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from attacks.base import PassCounter
-from bench.core.params import (PARAMS_CONFIG, NonNegativeReal, PositiveInt, PositiveReal, number,
-                               one_line)
+from bench.core.params import (PARAMS_CONFIG, Flag, NonNegativeInt, NonNegativeReal, PositiveInt, PositiveReal,
+                               number, one_line)
 from bench.datasets import Dataset
+from bench.datasets.loader import Augment, TrainStream, eval_batches
 from bench.errors import ConfigError, TrainingDivergedError, did_you_mean
+from defenses.resume import _UNKNOWN, EpochStates
+from defenses.resume import capture as _capture
+from defenses.resume import restore as _restore_value
 
-LR_SCHEDULES = ("constant", "cyclic", "multistep")
+LR_SCHEDULES = ("constant", "cyclic", "multistep", "cosine", "onecycle")
 #: A fraction of the training, strictly between 0 and 1 (a multistep milestone).
 Milestone = Annotated[float, PlainValidator(number(gt=0, lt=1))]
 
@@ -51,13 +55,36 @@ def frozen_parameters(module: nn.Module) -> Iterator[None]:
 
 
 @params_dataclass(config=PARAMS_CONFIG)
+class AugmentParams:
+    """Train-time augmentation (``bench.datasets.loader.Augment``): ``pad_crop`` pixels of padding
+    then a random crop back to size, ``pad_mode`` zero (He et al. 2016's CIFAR recipe) or reflect
+    (PGN's 4-pixel reflect-pad shift, DEFENSE_SPECS 5.4), and a random horizontal flip."""
+
+    pad_crop: NonNegativeInt = 0
+    hflip: Flag = False
+    pad_mode: Literal["zero", "reflect"] = "zero"
+
+    def spec(self) -> Augment:
+        return Augment(self.pad_crop, self.hflip, self.pad_mode)
+
+
+#: Settings added after content keys were fixed: left out of ``as_dict`` (so out of every training
+#: job's key) while they hold these defaults, so runs that do not use them keep their keys.
+_OMITTED_AT_DEFAULT: dict[str, Any] = {"nesterov": False, "augment": None}
+
+
+@params_dataclass(config=PARAMS_CONFIG)
 class CommonHParams:
     """Optimization settings every trainer shares.
 
-    ``lr_schedule``: ``constant``; ``cyclic`` (Wong et al. 2020: linear 0 -> lr over the first 2/5
-    of training, then linear to 0, updated every step); ``multistep`` (multiply by ``lr_gamma`` at
-    each of ``lr_milestones``, given as fractions of the epochs, e.g. [0.8] halves the rate for
-    the last fifth with ``lr_gamma`` 0.5, as Deep Defense fine-tunes)."""
+    ``lr_schedule`` (a ``torch.optim.lr_scheduler`` stepped after every minibatch): ``constant``;
+    ``cyclic`` (Wong et al. 2020: linear 0 -> lr over the first 2/5 of training, then linear to
+    0); ``multistep`` (multiply by ``lr_gamma`` at each of ``lr_milestones``, given as fractions of
+    the epochs, e.g. [0.8] halves the rate for the last fifth with ``lr_gamma`` 0.5, as Deep Defense
+    fine-tunes; Madry's CIFAR decays at 40k and 60k of 80k iterations are [0.5, 0.75]); ``cosine``
+    (``CosineAnnealingLR`` from lr to 0); ``onecycle`` (``OneCycleLR``, linear, peak lr at 2/5).
+    ``nesterov``: SGD with Nesterov momentum (the WRN plain nets of L2L, DEFENSE_SPECS 4.5).
+    ``augment``: train-time augmentation (``AugmentParams``); none by default and for MNIST."""
 
     epochs: PositiveInt = 20
     batch_size: PositiveInt = 50
@@ -65,23 +92,53 @@ class CommonHParams:
     lr: PositiveReal = 1e-3
     momentum: NonNegativeReal = 0.9
     weight_decay: NonNegativeReal = 0.0
-    lr_schedule: Literal["constant", "cyclic", "multistep"] = "constant"
+    lr_schedule: Literal["constant", "cyclic", "multistep", "cosine", "onecycle"] = "constant"
     lr_milestones: list[Milestone] = field(default_factory=lambda: [0.5, 0.75])
     lr_gamma: Annotated[float, PlainValidator(number(gt=0, le=1))] = 0.1
+    nesterov: Flag = False
+    augment: AugmentParams | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        for name, default in _OMITTED_AT_DEFAULT.items():
+            if values[name] == default:
+                del values[name]
+        return values
 
-    def lr_at(self, progress: float) -> float:
-        """The learning rate after ``progress`` epochs (fractional: 2.5 is half-way through the third)."""
+    def lr_factor(self, progress: float) -> float:
+        """The learning rate's multiple of ``lr`` after ``progress`` epochs (fractional: 2.5 is
+        half-way through the third) for the schedules given as a function of training progress."""
         if self.lr_schedule == "cyclic":
             peak = 0.4 * self.epochs
             rise = progress / peak if progress < peak else (self.epochs - progress) / (self.epochs - peak)
-            return self.lr * max(rise, 0.0)
+            return max(rise, 0.0)
         if self.lr_schedule == "multistep":
             passed = sum(progress >= m * self.epochs - 1e-9 for m in self.lr_milestones)
-            return self.lr * self.lr_gamma ** passed
-        return self.lr
+            return self.lr_gamma ** passed
+        return 1.0
+
+    def lr_at(self, progress: float) -> float:
+        """The learning rate after ``progress`` epochs (``constant``, ``cyclic``, ``multistep``)."""
+        return self.lr * self.lr_factor(progress)
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer,
+                       steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
+        """The schedule as a ``torch.optim.lr_scheduler`` stepped once per minibatch. A parameter
+        group's ``lr_scale`` (L2L's attacker) multiplies its base rate."""
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr * group.get("lr_scale", 1.0)
+        sched = torch.optim.lr_scheduler
+        total = self.epochs * steps_per_epoch
+        if self.lr_schedule == "cosine":
+            return sched.CosineAnnealingLR(optimizer, T_max=total, eta_min=0.0)
+        if self.lr_schedule == "onecycle":
+            return sched.OneCycleLR(optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total + 1,
+                                    pct_start=0.4, anneal_strategy="linear", cycle_momentum=False)
+
+        def factor(step: int) -> float:
+            return self.lr_factor(step // steps_per_epoch + (step % steps_per_epoch) / steps_per_epoch)
+
+        return sched.LambdaLR(optimizer, factor)
 
 
 @dataclass
@@ -140,7 +197,8 @@ class BatchContext:
 
 @dataclass
 class EpochContext:
-    """What ``end_epoch`` may look at: the training split and the run's generator."""
+    """What ``end_epoch`` may look at: the training split (in host memory; copy what you use to
+    the device) and the run's generator."""
 
     epoch: int
     x_train: torch.Tensor
@@ -164,14 +222,15 @@ def seed_from(generator: torch.Generator) -> int:
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 500) -> float:
-    """Top-1 accuracy in eval mode (the model's mode is restored)."""
+    """Top-1 accuracy in eval mode (the model's mode is restored); ``x`` may stay in host memory:
+    batches are copied to the model's device one at a time."""
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     correct = 0
     with torch.no_grad():
-        for start in range(0, x.shape[0], batch_size):
-            logits = model(x[start:start + batch_size])
-            correct += int((logits.argmax(1) == y[start:start + batch_size]).sum())
+        for xb, yb in eval_batches(x, y, batch_size, device):
+            correct += int((model(xb).argmax(1) == yb).sum())
     model.train(was_training)
     return correct / max(1, x.shape[0])
 
@@ -277,34 +336,49 @@ class Trainer(ABC):
         c = self.common
         params = [p for module in self.trained_modules(model) for p in module.parameters() if p.requires_grad]
         if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
+                                   nesterov=c.nesterov)
         return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
 
     def fit(self, model: nn.Module, data: Dataset, seed: int,
-            callbacks: list[EpochCallback] | tuple = (), progress: bool = True) -> TrainResult:
-        """Train ``model`` (on its own device) and return it with per-epoch records."""
+            callbacks: list[EpochCallback] | tuple = (), progress: bool = True, workers: int = 0,
+            states: EpochStates | None = None) -> TrainResult:
+        """Train ``model`` (on its own device) and return it with per-epoch records.
+
+        The split stays in host memory; minibatches stream to the device (``workers`` loader
+        processes; 0 gathers them in this process). With ``states``, every finished epoch's full
+        training state is written there and a run that finds one resumes after its epoch."""
         device = next(model.parameters()).device
-        x_train, y_train = data.x_train.to(device), data.y_train.to(device)
-        x_test, y_test = data.x_test.to(device), data.y_test.to(device)
         shuffle = torch.Generator().manual_seed(seed)
         generator = torch.Generator(device=device).manual_seed(seed + 1)
         self.setup(model, data, device, generator)
         optimizer = self.make_optimizer(model)
+        augment = self.common.augment.spec() if self.common.augment is not None else None
+        stream = TrainStream(data.x_train, data.y_train, self.common.batch_size, shuffle, device, workers, augment, seed)
+        scheduler = self.common.make_scheduler(optimizer, len(stream))
         records: list[EpochRecord] = []
         snapshot: list[dict[str, torch.Tensor]] | None = None
         snapshot_epoch = kept_epoch = None
-        batches_per_epoch = math.ceil(x_train.shape[0] / self.common.batch_size)
-        for epoch in range(1, self.common.epochs + 1):
+        first = 1
+        saved = states.latest() if states is not None else None
+        if saved is not None:
+            self._load_state(saved, model, optimizer, scheduler, shuffle, generator, device)
+            records = [EpochRecord(**r) for r in saved["records"]]
+            snapshot, snapshot_epoch = saved["snapshot"], saved["snapshot_epoch"]
+            first = int(saved["epoch"]) + 1
+        epochs = tqdm(range(first, self.common.epochs + 1), desc=f"{self.name}", unit="epoch", leave=False,
+                      initial=first - 1, total=self.common.epochs, disable=None if progress else True)
+        for epoch in epochs:
             ctx = BatchContext(epoch, generator, PassCounter())
             start = time.perf_counter()
-            tally = self._run_epoch(model, x_train, y_train, shuffle, ctx, optimizer, batches_per_epoch, progress)
-            extra = self.end_epoch(model, EpochContext(epoch, x_train, y_train, generator, ctx.counter))
+            tally = self._run_epoch(model, stream, ctx, optimizer, scheduler, progress)
+            extra = self.end_epoch(model, EpochContext(epoch, data.x_train, data.y_train, generator, ctx.counter))
             seconds = time.perf_counter() - start
             record = EpochRecord(
                 epoch, tally.loss / tally.seen,
-                tally.clean_hits / tally.clean_seen if tally.clean_seen else accuracy(model, x_train, y_train),
+                tally.clean_hits / tally.clean_seen if tally.clean_seen else accuracy(model, data.x_train, data.y_train),
                 tally.adv_hits / tally.adv_seen if tally.adv_seen else None,
-                accuracy(self.evaluation_model(model), x_test, y_test), seconds, ctx.counter.forward,
+                accuracy(self.evaluation_model(model), data.x_test, data.y_test), seconds, ctx.counter.forward,
                 ctx.counter.backward,
                 extra or None)
             if not math.isfinite(record.loss):
@@ -321,6 +395,9 @@ class Trainer(ABC):
                 break
             if self.detects_collapse and extra.get("keep_weights", True):
                 snapshot, snapshot_epoch = self._snapshot(model), epoch
+            if states is not None:
+                states.save(epoch, self._state(epoch, model, optimizer, scheduler, shuffle, generator, records,
+                                               snapshot, snapshot_epoch))
         optimizer.zero_grad(set_to_none=True)
         self.finish(model)
         model.eval()
@@ -328,24 +405,61 @@ class Trainer(ABC):
             module.eval()
         return TrainResult(model, records, dict(self.aux), kept_epoch, dict(self.aux_arch))
 
-    def _run_epoch(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor,
-                   shuffle: torch.Generator, ctx: BatchContext, optimizer: torch.optim.Optimizer,
-                   batches_per_epoch: int, progress: bool) -> _Tally:
+    def _run_epoch(self, model: nn.Module, stream: TrainStream, ctx: BatchContext,
+                   optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler,
+                   progress: bool) -> _Tally:
         for module in self.trained_modules(model):
             module.train()
-        bs = self.common.batch_size
-        order = torch.randperm(x_train.shape[0], generator=shuffle).to(x_train.device)
         tally = _Tally()
-        batches = tqdm(range(0, len(order), bs), desc=f"{self.name} epoch {ctx.epoch}/{self.common.epochs}",
-                       leave=False, disable=None if progress else True, unit="batch")
-        for number, begin in enumerate(batches):
-            ctx.index = order[begin:begin + bs]
-            ctx.progress = ctx.epoch - 1 + number / batches_per_epoch
-            for group in optimizer.param_groups:  # a group may run at a multiple of the rate
-                group["lr"] = self.common.lr_at(ctx.progress) * group.get("lr_scale", 1.0)
-            x, y = x_train[ctx.index], y_train[ctx.index]
+        batches = tqdm(stream.epoch(ctx.epoch), desc=f"{self.name} epoch {ctx.epoch}/{self.common.epochs}",
+                       total=len(stream), leave=False, disable=None if progress else True, unit="batch")
+        for number, (x, y, index) in enumerate(batches):
+            ctx.index = index
+            ctx.progress = ctx.epoch - 1 + number / len(stream)
             tally.add(self.train_batch(model, x, y, ctx, optimizer), y)
+            scheduler.step()
         return tally
+
+    # -- resume -----------------------------------------------------------------------------------
+
+    def _state(self, epoch: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scheduler: torch.optim.lr_scheduler.LRScheduler, shuffle: torch.Generator,
+               generator: torch.Generator, records: list[EpochRecord],
+               snapshot: list[dict[str, torch.Tensor]] | None, snapshot_epoch: int | None) -> dict[str, Any]:
+        """Everything the next epoch depends on, as tensors and plain values (``weights_only`` loads)."""
+        rng = {"cpu": torch.get_rng_state(), "shuffle": shuffle.get_state(), "generator": generator.get_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {"epoch": epoch, "model": _capture(model), "trainer": self._trainer_state(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng,
+                "records": [asdict(r) for r in records], "snapshot": snapshot, "snapshot_epoch": snapshot_epoch}
+
+    def _trainer_state(self) -> dict[str, Any]:
+        """This defense's per-run state (auxiliary networks, EMA shadows, per-sample memories,
+        counters): every attribute of a type ``_capture`` knows; the rest is configuration that
+        ``__init__`` and ``setup`` rebuild the same way."""
+        out = {}
+        for name, value in vars(self).items():
+            if name in ("common", "params", "aux_arch"):
+                continue
+            captured = _capture(value)
+            if captured is not _UNKNOWN:
+                out[name] = captured
+        return out
+
+    def _load_state(self, state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+                    scheduler: torch.optim.lr_scheduler.LRScheduler, shuffle: torch.Generator,
+                    generator: torch.Generator, device: torch.device) -> None:
+        _restore_value(model, state["model"], device)
+        for name, saved in state["trainer"].items():
+            setattr(self, name, _restore_value(getattr(self, name, None), saved, device))
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["cpu"])
+        shuffle.set_state(state["rng"]["shuffle"])
+        generator.set_state(state["rng"]["generator"])
+        if "cuda" in state["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
 
     def _snapshot(self, model: nn.Module) -> list[dict[str, torch.Tensor]]:
         return [copy.deepcopy(module.state_dict()) for module in self.trained_modules(model)]

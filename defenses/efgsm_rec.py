@@ -138,7 +138,8 @@ class EFGSMReconstructor(Trainer):
 
     def setup(self, model: nn.Module, data: Dataset, device: torch.device,
               generator: torch.Generator) -> None:
-        self.gamma = torch.zeros(data.x_train.shape, device=device)
+        # Per-sample memory of the whole split: kept in host memory, rows copied per minibatch.
+        self.gamma = torch.zeros(data.x_train.shape)
         with isolated_global_rng(device, int(torch.randint(2**31, (1,), generator=generator, device=device))):
             self.aux = {"reconstructor": Reconstructor(data.num_classes, tuple(data.input_shape)).to(device)}
         self.high_risk = self.seen = 0
@@ -148,7 +149,8 @@ class EFGSMReconstructor(Trainer):
         """x_adv of eq. 11-13; updates Gamma and the high-risk tally."""
         assert self.gamma is not None and ctx.index is not None, "setup() creates Gamma"
         p = self.params
-        memory = self.gamma[ctx.index]
+        rows = ctx.index.cpu()
+        memory = self.gamma[rows].to(x.device)
         if p.gamma_init == "fgsm" and ctx.epoch == 1:
             x_in = x.detach().requires_grad_(True)
             (grad,) = torch.autograd.grad(F.cross_entropy(model(x_in), y), x_in)
@@ -163,7 +165,7 @@ class EFGSMReconstructor(Trainer):
         x_adv = (x_e + step).clamp(0, 1)
         if p.project:
             x_adv = x + (x_adv - x).clamp(-p.eps, p.eps)
-        self.gamma[ctx.index] = p.decay * self.gamma[ctx.index] + (x_adv - x).sign()
+        self.gamma[rows] = (p.decay * self.gamma[rows].to(x.device) + (x_adv - x).sign()).to(self.gamma.device)
         self.high_risk += int(((distance < p.eps) | (logits_e.argmax(1) != y)).sum())
         self.seen += len(y)
         return x_adv.detach()

@@ -33,7 +33,10 @@ from defenses.registry import register_defense
 def pgd_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
               generator: torch.Generator, ctx: EpochContext | None = None) -> float:
     """Robust accuracy of ``model`` (eval mode, restored) under Linf PGD with step eps/4 from one
-    random start: the collapse probe of Wong et al.'s early stop."""
+    random start: the collapse probe of Wong et al.'s early stop. ``x`` and ``y`` may be in host
+    memory (the training split is): they are copied to the model's device."""
+    device = next(model.parameters()).device
+    x, y = x.to(device), y.to(device)
     was_training = model.training
     model.eval()
     counter = ctx.counter if ctx is not None else None

@@ -245,6 +245,23 @@ class Store:
 
         return self.transaction(start)
 
+    def resume_run(self, key: str, after_epoch: int, **fields: Any) -> int:
+        """Continue the unfinished run ``key`` from its finished epoch ``after_epoch`` (its saved
+        training state): the same row, status running again, its epochs and epoch checkpoints
+        after that one dropped (they are trained again). Without such a row, ``start_run``."""
+        def resume(session: Session) -> int | None:
+            run = session.scalar(select(TrainingRun).where(TrainingRun.key == key))
+            if run is None or run.status == "finished":
+                return None
+            session.execute(delete(EpochRow).where(EpochRow.run_id == run.id, EpochRow.epoch > after_epoch))
+            session.execute(delete(CheckpointRow).where(CheckpointRow.run_id == run.id,
+                                                        CheckpointRow.epoch > after_epoch))
+            run.status, run.error, run.finished_at = "running", None, None
+            return run.id
+
+        run_id = self.transaction(resume)
+        return run_id if run_id is not None else self.start_run(key, **fields)
+
     def add_epoch(self, run_id: int, record: dict[str, Any]) -> None:
         def add(session: Session) -> None:
             if session.scalar(select(EpochRow.id).where(EpochRow.run_id == run_id,

@@ -56,13 +56,14 @@ def _load_idx_dataset(name: str, data_root: str | Path | None, subdirs: tuple[st
                    {"source": str(folder), "format": "idx"})
 
 
-@register_dataset("mnist", needs_data_root=True, classes=10, shape=(1, 28, 28))
+@register_dataset("mnist", needs_data_root=True, classes=10, shape=(1, 28, 28), n_train=60000, n_test=10000)
 def mnist(data_root: str | Path | None = None) -> Dataset:
     """Full MNIST (60k/10k) from IDX files, optionally gzipped."""
     return _load_idx_dataset("mnist", data_root, ("", "mnist", "MNIST/raw"))
 
 
-@register_dataset("fashion-mnist", needs_data_root=True, classes=10, shape=(1, 28, 28))
+@register_dataset("fashion-mnist", needs_data_root=True, classes=10, shape=(1, 28, 28), n_train=60000,
+                  n_test=10000)
 def fashion_mnist(data_root: str | Path | None = None) -> Dataset:
     """Fashion-MNIST (60k/10k) from IDX files, optionally gzipped."""
     return _load_idx_dataset("fashion-mnist", data_root, ("fashion-mnist", "FashionMNIST/raw", ""))
@@ -80,7 +81,7 @@ def _cifar_arrays(batches: list[dict], label_key: str, path: Path) -> tuple[torc
     return to_tensor_images(data.reshape(-1, 3, 32, 32), "NCHW"), torch.from_numpy(labels)
 
 
-@register_dataset("cifar10", needs_data_root=True, classes=10, shape=(3, 32, 32))
+@register_dataset("cifar10", needs_data_root=True, classes=10, shape=(3, 32, 32), n_train=50000, n_test=10000)
 def cifar10(data_root: str | Path | None = None) -> Dataset:
     """CIFAR-10 (50k/10k) from the python pickle batches (read without executing code)."""
     root = _require_root("cifar10", data_root)
@@ -92,7 +93,8 @@ def cifar10(data_root: str | Path | None = None) -> Dataset:
                    {"source": str(folder), "format": "cifar-python"})
 
 
-@register_dataset("cifar100", needs_data_root=True, classes=100, shape=(3, 32, 32))
+@register_dataset("cifar100", needs_data_root=True, classes=100, shape=(3, 32, 32), n_train=50000,
+                  n_test=10000)
 def cifar100(data_root: str | Path | None = None) -> Dataset:
     """CIFAR-100 (50k/10k, fine labels) from the python pickle files."""
     root = _require_root("cifar100", data_root)
@@ -103,7 +105,7 @@ def cifar100(data_root: str | Path | None = None) -> Dataset:
                    {"source": str(folder), "format": "cifar-python"})
 
 
-@register_dataset("svhn", needs_data_root=True, classes=10, shape=(3, 32, 32))
+@register_dataset("svhn", needs_data_root=True, classes=10, shape=(3, 32, 32), n_train=73257, n_test=26032)
 def svhn(data_root: str | Path | None = None) -> Dataset:
     """SVHN cropped digits from train_32x32.mat and test_32x32.mat (label 10 is digit 0)."""
     root = _require_root("svhn", data_root)

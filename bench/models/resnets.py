@@ -56,10 +56,13 @@ class _ResNet(nn.Module):
 
 @register_model("preact-resnet18", paper="He et al. 2016; Wong et al. 2020 (Fast-AT)", family="cifar")
 def preact_resnet18(input_shape: Sequence[int], num_classes: int, mean: Sequence[float],
-                    std: Sequence[float]) -> nn.Module:
-    """Pre-activation ResNet-18: four stages of two blocks, widths 64-128-256-512."""
-    return _ResNet(mean, std, input_shape[0], 64,
-                   [(64, 2, 1), (128, 2, 2), (256, 2, 2), (512, 2, 2)], num_classes)
+                    std: Sequence[float], width: int = 64) -> nn.Module:
+    """Pre-activation ResNet-18: four stages of two blocks, widths 64-128-256-512 (``width``
+    sets the first stage's and scales the rest: 8 gives a width-reduced network for CPU tests)."""
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    return _ResNet(mean, std, input_shape[0], width,
+                   [(width, 2, 1), (2 * width, 2, 2), (4 * width, 2, 2), (8 * width, 2, 2)], num_classes)
 
 
 @register_model("wrn-28-10", paper="Zagoruyko & Komodakis 2016; Madry et al. 2018", family="cifar")

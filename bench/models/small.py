@@ -87,3 +87,18 @@ def convpool_cnn(input_shape: Sequence[int], num_classes: int, mean: Sequence[fl
         cin = second
     layers += [_LeakyConv(cin, num_classes), _GlobalAvgPool()]
     return nn.Sequential(*layers)
+
+
+@register_model("dd-cifar-convnet", paper="seed 002 (matconvnet CIFAR ConvNet, DEFENSE_SPECS 3.4)", family="cifar")
+def dd_cifar_convnet(input_shape: Sequence[int], num_classes: int, mean: Sequence[float],
+                     std: Sequence[float]) -> nn.Module:
+    """Deep Defense's CIFAR ConvNet: conv5x5x32 (pad 2)-maxpool2-ReLU, conv5x5x32 (pad 2)-ReLU-avgpool2,
+    conv5x5x64 (pad 2)-ReLU-avgpool2, conv4x4x64 (valid, 4 -> 1)-ReLU, conv1x1 to the classes."""
+    channels, height, width = input_shape
+    if (height, width) != (32, 32):
+        raise ValueError(f"dd-cifar-convnet takes 32x32 images, got {height}x{width}")
+    return nn.Sequential(Normalize(mean, std),
+                         nn.Conv2d(channels, 32, 5, padding=2), nn.MaxPool2d(2), nn.ReLU(),
+                         nn.Conv2d(32, 32, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+                         nn.Conv2d(64, 64, 4), nn.ReLU(), nn.Conv2d(64, num_classes, 1), nn.Flatten())
