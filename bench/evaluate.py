@@ -200,6 +200,8 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     subset = Subset(indices, x, y, clean_correct, x.flatten(1).norm(dim=1).cpu())
     requested = Precision(protocol.precision)
     execution: dict[str, Any] = {"precision": requested.value, "compile": protocol.compile}
+    if requested is not Precision.FP32:
+        guard_attack(protocol)   # a protocol the guard cannot check is refused before any attack runs
     attack_model = prepare(model, requested, protocol.compile)
     keep = gallery_positions(len(indices)) if gallery_dir is not None else None
     rows = _attack_all(attack_model, protocol, sources, subset, progress, label, partial, keep)

@@ -192,3 +192,13 @@ def test_the_report_shows_how_each_evaluation_ran():
     table = environment_table(frames)
     assert table["precision"].tolist() == ["fp32", "fp32"]
     assert table["fidelity guard"].tolist() == ["-", "bf16 90.0% vs fp32 20.0% on 20 images: discarded, rerun in fp32"]
+
+
+def test_low_precision_without_a_gradient_attack_is_refused_before_attacking(trained_mlp, digits):
+    from bench.errors import ConfigError
+
+    protocol = Protocol.model_validate({
+        "name": "noise-only", "version": 1, "dataset": "digits", "eval_subset": {"size": 20, "seed": 0},
+        "precision": "bf16", "attacks": [{"id": "noise", "attack": "noise", "params": {"norm": "linf", "eps": 0.1}}]})
+    with pytest.raises(ConfigError, match="no gradient attack for the fidelity guard"):
+        evaluate_model(trained_mlp, digits, protocol, {}, torch.device("cpu"), progress=False)
