@@ -20,8 +20,13 @@ from bench.errors import AdvarenaError, ConfigError, did_you_mean
 from bench.precision import Precision
 
 CONFIG_PACKAGE = "bench.configs"
-#: Execution settings of a protocol and their defaults (left out of its content hash).
-EXECUTION_DEFAULTS: dict[str, Any] = {"precision": Precision.FP32, "compile": False}
+#: Protocol fields added after content keys were fixed, with their defaults: at the default they
+#: are left out of the stored spec and the content hash, so existing keys stay as they were.
+LATER_DEFAULTS: dict[str, Any] = {"subset": None, "precision": Precision.FP32, "compile": False}
+
+
+def _without_later_defaults(dumped: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in dumped.items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
 
 
 class _Strict(BaseModel):
@@ -165,24 +170,13 @@ class Protocol(_Strict):
                                                                  seed=self.eval_subset.seed)})
 
     def spec(self) -> dict[str, Any]:
-        """The protocol as stored (JSON types); ``subset`` appears only when set: it was added
-        after content keys were fixed, so full-subset protocols hash and store as before."""
-        dumped = self.model_dump(mode="json")
-        if dumped["subset"] is None:
-            del dumped["subset"]
-        for name, default in EXECUTION_DEFAULTS.items():
-            if dumped[name] == default:
-                del dumped[name]
-        return dumped
+        """The protocol as stored (JSON types), without the fields added after content keys were
+        fixed while they are at their defaults (``LATER_DEFAULTS``)."""
+        return _without_later_defaults(self.model_dump(mode="json"))
 
     def content_hash(self) -> str:
-        payload = self.model_dump()
-        for name, default in EXECUTION_DEFAULTS.items():
-            if payload[name] == default:
-                del payload[name]
-        if payload["subset"] is None:
-            del payload["subset"]
-        return canonical_hash(payload)
+        """Full-subset fp32 protocols hash as before ``subset``, ``precision`` and ``compile`` existed."""
+        return canonical_hash(_without_later_defaults(self.model_dump()))
 
     def executed(self, precision: "Precision | None" = None, compile: bool | None = None) -> "Protocol":
         """This protocol run in ``precision`` and with ``compile`` where given (the command line's
