@@ -10,6 +10,7 @@ Linf eps 8/255 (PGD-20 at step 2/255, as Madry et al. and RobustBench evaluate C
 from __future__ import annotations
 
 import argparse
+import copy
 import fnmatch
 import re
 import time
@@ -79,13 +80,13 @@ def training_step(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     per-epoch test pass over one batch) of trainer ``name``, on a copy of ``model``."""
     from defenses import build_trainer
 
-    copy = random_model_like(model)
+    trainee = _trainable_copy(model)
     data = Dataset("perf-random", x.cpu(), y.cpu(), x[:1].cpu(), y[:1].cpu(), classes, {"source": "random"})
     trainer = build_trainer(name, {"epochs": 1, "batch_size": x.shape[0]})
     timings = []
     for _ in range(2):   # the first call also warms the allocator and kernels; the best of two is kept
         start = time.perf_counter()
-        result = trainer.fit(prepare(copy, precision), data, seed=0, progress=False)
+        result = trainer.fit(prepare(trainee, precision), data, seed=0, progress=False)
         timings.append(time.perf_counter() - start)
     seconds = min(timings)
     record = result.epochs[-1]
@@ -94,9 +95,8 @@ def training_step(name: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
             "backward_passes": record.backward_passes}
 
 
-def random_model_like(model: nn.Module) -> nn.Module:
-    import copy
-
+def _trainable_copy(model: nn.Module) -> nn.Module:
+    """A copy of the (unwrapped) model in train mode, so timing a trainer leaves ``model`` as it was."""
     return copy.deepcopy(unwrap(model)).train()
 
 
