@@ -38,14 +38,14 @@ class StoreFrames:
                         ExampleRow.success_step, ExampleRow.x_l2)
                  .where(ExampleRow.attack_result_id.in_([int(i) for i in attack_row_ids]))
                  .order_by(ExampleRow.attack_result_id, ExampleRow.example_index))
-        with self.store.engine.connect() as conn:
+        with self.store.connect() as conn:
             return pd.read_sql(query, conn)
 
     def run_labels(self, checkpoint_ids: list[int]) -> dict[int, str]:
         """Checkpoint id -> its training run's label (surrogates included)."""
         query = (select(CheckpointRow.id, TrainingRun.label).join(TrainingRun, CheckpointRow.run_id == TrainingRun.id)
                  .where(CheckpointRow.id.in_(checkpoint_ids)))
-        with self.store.engine.connect() as conn:
+        with self.store.connect() as conn:
             return {int(i): label for i, label in conn.execute(query)}
 
 
@@ -67,7 +67,7 @@ def load_frames(store: Store, protocol: str) -> StoreFrames:
              .join(CheckpointRow, Evaluation.checkpoint_id == CheckpointRow.id)
              .join(TrainingRun, CheckpointRow.run_id == TrainingRun.id)
              .where(Evaluation.protocol == protocol, TrainingRun.role == "defense"))
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         checkpoints = pd.read_sql(query, conn)
     if checkpoints.empty:
         return StoreFrames(protocol, 0, checkpoints, pd.DataFrame(), pd.DataFrame(), store)
@@ -80,7 +80,7 @@ def load_frames(store: Store, protocol: str) -> StoreFrames:
     checkpoints["sweep_value"] = [_sweep_value(s) for s in checkpoints.sweep]
     checkpoints["sweep_value"] = _fill_sweep_values(checkpoints)
     ids = [int(i) for i in checkpoints.evaluation_id]
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         attacks = pd.read_sql(select(AttackRow.id, AttackRow.evaluation_id, AttackRow.attack_id, AttackRow.attack,
                                      AttackRow.config, AttackRow.threat, AttackRow.norm, AttackRow.eps,
                                      AttackRow.grid_of, AttackRow.source_checkpoint_id, AttackRow.n_examples,

@@ -43,7 +43,7 @@ def model_info_records(store: Store, protocol: str, attack_id: str | None = None
     if evaluations.empty:
         raise ConfigError(f"no evaluations stored under protocol {protocol!r}")
     ids = [int(i) for i in evaluations.evaluation_id]
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         rows = pd.read_sql(select(AttackRow.evaluation_id, AttackRow.attack_id, AttackRow.attack, AttackRow.norm,
                                   AttackRow.eps, AttackRow.robust_accuracy, AttackRow.n_examples)
                            .where(AttackRow.evaluation_id.in_(ids)), conn)
@@ -167,7 +167,7 @@ def reference_table(store: Store, dataset: str | None = None) -> pd.DataFrame:
                    ReferenceRow.eps, ReferenceRow.clean_accuracy, ReferenceRow.robust_accuracy).order_by(ReferenceRow.id)
     if dataset is not None:
         query = query.where(ReferenceRow.dataset == dataset)
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         table = pd.read_sql(query, conn)
     table["clean_accuracy"] *= 100
     table["robust_accuracy"] *= 100

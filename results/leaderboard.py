@@ -31,7 +31,7 @@ def latest_evaluations(store: Store, protocol: str) -> pd.DataFrame:
              .join(TrainingRun, CheckpointRow.run_id == TrainingRun.id)
              .where(Evaluation.protocol == protocol, CheckpointRow.final.is_(True),
                     TrainingRun.role == "defense"))
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         frame = pd.read_sql(query, conn)
     if frame.empty:
         return frame
@@ -46,7 +46,7 @@ def leaderboard(store: Store, protocol: str) -> pd.DataFrame:
     if evaluations.empty:
         return pd.DataFrame()
     ids = [int(i) for i in evaluations.evaluation_id]
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         attacks = pd.read_sql(select(AttackRow.evaluation_id, AttackRow.id, AttackRow.attack_id,
                                      AttackRow.threat, AttackRow.eps, AttackRow.robust_accuracy,
                                      AttackRow.n_examples, AttackRow.median_l2)
@@ -102,7 +102,7 @@ def audit_badges(store: Store) -> dict[int, str]:
     """Per checkpoint id, its newest reproducibility audit as a badge: the verdict, then the
     gradient-masking flags it raised (``bench.audit.masking``), e.g. "reproduced" or
     "reproduced [!ce-cw-disagree]"."""
-    with store.engine.connect() as conn:
+    with store.connect() as conn:
         audits = pd.read_sql(select(AuditRow.checkpoint_id, AuditRow.verdict, AuditRow.flags)
                              .where(AuditRow.kind == "reproduce").order_by(AuditRow.id), conn)
     badges = {}

@@ -14,7 +14,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from filelock import FileLock
-from sqlalchemy import Engine, create_engine, delete, event, insert, select, text, update
+from sqlalchemy import Connection, Engine, create_engine, delete, event, insert, select, text, update
 from sqlalchemy.pool import NullPool
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
@@ -167,6 +167,16 @@ class Store:
         if self.dialect != "sqlite" or not database or database == ":memory:":
             return nullcontext()
         return FileLock(f"{database}.lock", timeout=MIGRATION_LOCK_SECONDS)
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """A connection for reads (pandas, Core queries), its opening retried like ``transaction``
+        while the server is unreachable or still starting after a restart."""
+        connection = self._retrying(self.engine.connect)
+        try:
+            yield connection
+        finally:
+            connection.close()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
