@@ -218,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "its Deep Defense entry, else its standard model)")
     _add_common(report)
 
-    compare = sub.add_parser("compare", help="paired comparison of two entries: difference, 95% interval, McNemar",
+    compare = sub.add_parser("compare", help="paired comparison of two entries: difference, 95%% interval, McNemar",
                              description="Compare two final checkpoints (run labels) evaluated on the same images "
                                          "under a protocol, from the stored per-example outcomes: the difference in "
                                          "robust accuracy A - B with its paired bootstrap 95% interval (10,000 "

@@ -151,6 +151,18 @@ def test_every_option_has_help(command):
         assert action.help, f"{command} {action.option_strings or action.dest} lacks help"
 
 
+def test_every_help_page_renders(capsys):
+    """``advarena --help`` and each command's ``--help`` print and exit 0 (a bare '%' in a help
+    string once made argparse raise instead of printing the top-level help)."""
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    for argv in [[], *([name] for name in commands)]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*argv, "--help"])
+        assert exit_info.value.code == 0, argv
+        assert capsys.readouterr().out.startswith("usage: advarena")
+
+
 def test_list(capsys):
     assert main(["list", "attacks", "p*"]) == 0
     assert capsys.readouterr().out.startswith("pgd")
