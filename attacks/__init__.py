@@ -2,7 +2,7 @@
 
 from attacks.base import Attack, AttackCheckError, AttackResult, PassCounter
 from attacks.registry import ATTACKS, register_attack
-from attacks import (autoattack, cw, deepfool, fgs_line, gradient, learned, noise,  # noqa: F401  (registers built-ins)
+from attacks import (alma, autoattack, cw, ddn, deepfool, fgs_line, fmn, gradient, learned, noise,  # noqa: F401  (registers built-ins)
                      torchattacks_adapters, transfer)
 
 __all__ = ["ATTACKS", "Attack", "AttackCheckError", "AttackResult", "PassCounter", "register_attack"]
