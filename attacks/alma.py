@@ -58,7 +58,7 @@ def dlr_constraint(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> 
     return (difference + LOGIT_TOLERANCE) / (scale + 1e-8)
 
 
-@register_attack("alma", kind="minimum-norm", gradients=True, paper="Rony et al. 2021, Alg. 1 (ALMA, L2)")
+@register_attack("alma", kind="minimum-norm", gradients=True, unbounded=True, paper="Rony et al. 2021, Alg. 1 (ALMA, L2)")
 class AugmentedLagrangian(MinimumNormAttack):
     """ALMA-L2: ``steps`` forward+backward passes per image (needs at least 4 classes)."""
 

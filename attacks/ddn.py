@@ -22,7 +22,7 @@ from bench.enums import Norm
 from bench.errors import ConfigError
 
 
-@register_attack("ddn", kind="minimum-norm", gradients=True, paper="Rony et al. 2019, Alg. 1 (DDN)")
+@register_attack("ddn", kind="minimum-norm", gradients=True, unbounded=True, paper="Rony et al. 2019, Alg. 1 (DDN)")
 class DecoupledDirectionNorm(MinimumNormAttack):
     """DDN-L2: ``steps`` forward+backward passes per image."""
 

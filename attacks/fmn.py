@@ -28,7 +28,7 @@ from bench.errors import ConfigError
 LOGIT_TOLERANCE = 1e-4
 
 
-@register_attack("fmn", kind="minimum-norm", gradients=True, paper="Pintor et al. 2021, Alg. 1 (FMN)")
+@register_attack("fmn", kind="minimum-norm", gradients=True, unbounded=True, paper="Pintor et al. 2021, Alg. 1 (FMN)")
 class FastMinimumNorm(MinimumNormAttack):
     """FMN for ``norm`` in l1, l2, linf: ``steps`` forward+backward passes per image."""
 

@@ -287,6 +287,25 @@ def build_parser() -> argparse.ArgumentParser:
                       help="JSON output file (default: WORKDIR/perf/perf-MODEL.json)")
     _add_common(perf)
 
+    crosscheck = sub.add_parser(
+        "crosscheck", help="our minimum-norm L2 attacks beside adv-lib's and foolbox's; write JSON",
+        description="Run our minimum-norm L2 attacks and the peers' (adv-lib ALMA, DDN and FMN, foolbox C&W, "
+                    "where installed with --no-deps) on one checkpoint and the first --images "
+                    "test images; print success, median and mean L2, the median ratio to the per-image best "
+                    "over all of them, and passes per image; write them to --out.")
+    crosscheck.add_argument("checkpoint", type=_path, help="checkpoint folder (with weights.safetensors and meta.json)")
+    crosscheck.add_argument("--images", type=_count, default=500, help="test images attacked (default: %(default)s)")
+    crosscheck.add_argument("--peer-steps", type=_count, default=1000,
+                            help="iterations of every peer attack (default: %(default)s)")
+    crosscheck.add_argument("--cw-search-steps", type=_count, default=9,
+                            help="binary-search rounds of foolbox's C&W (default: %(default)s)")
+    crosscheck.add_argument("--cw-steps", type=_count, default=None,
+                            help="iterations of each C&W round (default: --peer-steps)")
+    crosscheck.add_argument("--no-peers", action="store_true", help="run our attacks only")
+    crosscheck.add_argument("--out", type=_path, default=None,
+                            help="JSON output file (default: WORKDIR/crosscheck/crosscheck-<checkpoint>.json)")
+    _add_common(crosscheck)
+
     export = sub.add_parser("export", help="write leaderboard entries as RobustBench model_info JSON files",
                             description="One model_info/<dataset>/<threat model>/<label>.json per final defense "
                                         "checkpoint, with clean and AutoAttack accuracy (or the attack --attack "
@@ -602,6 +621,12 @@ def cmd_perf(args: argparse.Namespace) -> None:
     run_perf(args, _context(args))
 
 
+def cmd_crosscheck(args: argparse.Namespace) -> None:
+    from bench.crosscheck_command import run_crosscheck
+
+    run_crosscheck(args, _context(args))
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> None:
     _print_leaderboard(_context(args, existing=True), args.protocol, args.format, args.wide)
 
@@ -801,7 +826,7 @@ def _registry(kind: str):
 
 
 COMMANDS = {"run": cmd_run, "train": cmd_train, "eval": cmd_eval, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
-            "report": cmd_report, "audit": cmd_audit, "list": cmd_list, "perf": cmd_perf, "export": cmd_export,
+            "report": cmd_report, "audit": cmd_audit, "list": cmd_list, "perf": cmd_perf, "crosscheck": cmd_crosscheck, "export": cmd_export,
             "import-reference": cmd_import_reference, "validate": cmd_validate, "estimate": cmd_estimate}
 
 

@@ -25,3 +25,12 @@ class Norm(str, Enum):
 
             raise ConfigError(f"unknown norm {value!r}: expected one of linf, l2, l1")
         return aliases[text]
+
+
+class PseudoAttack(str, Enum):
+    """Rows the evaluator derives from other attack rows instead of running an attack."""
+
+    #: per threat model (norm, eps): an example falls if any attack of that threat model fooled it
+    WORST_CASE = "worst-case"
+    #: per norm: the smallest successful perturbation over the protocol's minimum-norm attacks
+    MINIMUM_NORM_WORST_CASE = "minimum-norm-worst-case"

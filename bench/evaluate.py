@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from attacks import ATTACKS, Attack
 from attacks.base import canonical_hash
 from bench.datasets import Dataset
+from bench.enums import PseudoAttack
 from bench.errors import ConfigError
 from bench.precision import GuardResult, Precision, guard_size, judge, prepare
 from bench.suite import AttackSpec, Protocol
@@ -216,7 +217,10 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
             execution["precision"] = Precision.FP32.value
             rows = _attack_all(prepare(model, Precision.FP32, protocol.compile), protocol, sources, subset,
                                progress, label, None, keep)
-    rows.extend(worst_case_rows([r for r in rows if r["grid_of"] is None], clean_pred, y.cpu(), indices))
+    protocol_rows = [r for r in rows if r["grid_of"] is None]
+    rows.extend(worst_case_rows(protocol_rows, clean_pred, y.cpu(), indices))
+    if protocol.minimum_norm_worst_case:
+        rows.extend(minimum_norm_worst_case_rows(protocol_rows, clean_pred, y.cpu(), indices))
     evaluation = {"protocol": protocol.name, "protocol_version": protocol.version,
                   "protocol_hash": protocol.content_hash(), "protocol_spec": protocol.spec(),
                   "subset_hash": subset_hash(indices),
@@ -400,4 +404,54 @@ def worst_case_rows(rows: list[dict[str, Any]], clean_pred: torch.Tensor, y: tor
                     "median_l2": statistics.median(fooled_l2) if fooled_l2 else None,
                     "forward_passes": 0, "backward_passes": 0, "seconds": 0.0, "grid_of": None,
                     "examples": examples})
+    return out
+
+
+MINIMUM_NORM_WORST_CASE = PseudoAttack.MINIMUM_NORM_WORST_CASE.value
+
+
+def minimum_norm_members(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """The protocol's minimum-norm rows (no eps, a ``threat_norm``) grouped by that norm."""
+    members: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        norm = row["config"].get("threat_norm")
+        if row["eps"] is None and norm is not None and row["attack"] != MINIMUM_NORM_WORST_CASE:
+            members.setdefault(norm, []).append(row)
+    return members
+
+
+def minimum_norm_worst_case_rows(rows: list[dict[str, Any]], clean_pred: torch.Tensor, y: torch.Tensor,
+                                 indices: np.ndarray) -> list[dict[str, Any]]:
+    """One row per norm of the protocol's minimum-norm attacks (``minimum-norm-L2`` ...): per
+    example, the smallest successful perturbation in that norm over all of them (its norms and
+    label from the attack that found it; ties go to the first in protocol order). Each attack's
+    own row stays stored beside it. Robust: clean-correct and fooled by none of them."""
+    out = []
+    for norm, members in sorted(minimum_norm_members(rows).items()):
+        examples = []
+        for i, (index, label, clean) in enumerate(zip(indices, y.tolist(), clean_pred.tolist())):
+            found = [row["examples"][i] for row in members if row["examples"][i]["success"]]
+            smallest = min(found, key=lambda e: e["linf" if norm == "linf" else "l2"], default=None)
+            correct = clean == label
+            examples.append({"example_index": int(index), "label": int(label), "clean_correct": bool(correct),
+                             "adv_correct": correct and smallest is None, "success": smallest is not None,
+                             "l2": smallest["l2"] if smallest else 0.0, "linf": smallest["linf"] if smallest else 0.0,
+                             "pred": smallest["pred"] if smallest else int(clean), "success_step": None,
+                             "x_l2": members[0]["examples"][i]["x_l2"]})
+        fooled_l2 = [e["l2"] for e in examples if e["success"] and e["clean_correct"]]
+        n_correct = sum(e["clean_correct"] for e in examples)
+        ids = [row["attack_id"] for row in members]
+        out.append({"attack_id": f"minimum-norm-{norm}", "attack": MINIMUM_NORM_WORST_CASE,
+                    "attack_key": canonical_hash({MINIMUM_NORM_WORST_CASE: [row["attack_key"] for row in members]}),
+                    "config": {"name": MINIMUM_NORM_WORST_CASE, "threat_norm": norm, "members": ids},
+                    "threat": "worst-case", "norm": norm, "eps": None, "source_checkpoint_id": None,
+                    "n_examples": len(examples),
+                    "robust_accuracy": sum(e["adv_correct"] for e in examples) / max(len(examples), 1),
+                    "success_rate": (sum(e["success"] for e in examples if e["clean_correct"]) / n_correct
+                                     if n_correct else 0.0),
+                    "mean_l2": statistics.fmean(fooled_l2) if fooled_l2 else None,
+                    "median_l2": statistics.median(fooled_l2) if fooled_l2 else None,
+                    "forward_passes": sum(row["forward_passes"] for row in members),
+                    "backward_passes": sum(row["backward_passes"] for row in members),
+                    "seconds": sum(row["seconds"] for row in members), "grid_of": None, "examples": examples})
     return out

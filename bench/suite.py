@@ -22,7 +22,8 @@ from bench.precision import Precision
 CONFIG_PACKAGE = "bench.configs"
 #: Protocol fields added after content keys were fixed, with their defaults: at the default they
 #: are left out of the stored spec and the content hash, so existing keys stay as they were.
-LATER_DEFAULTS: dict[str, Any] = {"subset": None, "precision": Precision.FP32, "compile": False}
+LATER_DEFAULTS: dict[str, Any] = {"subset": None, "precision": Precision.FP32, "compile": False,
+                                  "minimum_norm_worst_case": False}
 
 
 def _without_later_defaults(dumped: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +125,11 @@ class Protocol(_Strict):
     compile: bool = False
     #: Set by ``on_subset`` (``--subset N``): the evaluation ran on N images of the eval subset.
     subset: int | None = Field(default=None, gt=0)
+    #: Store, per norm of the protocol's minimum-norm attacks, the per-example smallest successful
+    #: perturbation over all of them (``bench.evaluate.minimum_norm_worst_case_rows``); rho, the
+    #: robustness curve and the accuracy-vs-budget curve then use it. Off for protocols written
+    #: before it existed (left out of the content hash at its default).
+    minimum_norm_worst_case: bool = False
 
     @field_validator("dataset")
     @classmethod

@@ -21,6 +21,7 @@ import pandas as pd  # noqa: E402
 
 from results.frames import StoreFrames, examples_by_row  # noqa: E402
 from results.metrics import accuracy_by_iteration, accuracy_within, doubling_iterations  # noqa: E402
+from bench.enums import PseudoAttack  # noqa: E402
 from results.tables import RHO_ATTACKS, final_checkpoints, protocol_attacks  # noqa: E402
 
 #: Curve names, in the order the report shows them.
@@ -52,7 +53,13 @@ def _finish(axis: plt.Axes, xlabel: str, ylabel: str | None, title: str, legend:
 
 
 def rho_attack(frames: StoreFrames) -> str | None:
-    """The minimum-norm L2 attack the robustness curve uses: C&W if stored, else DeepFool-L2."""
+    """The minimum-norm L2 row the robustness and budget curves use: the L2 minimum-norm worst
+    case where the protocol stores it, else C&W if stored, else DeepFool-L2."""
+    a = frames.attacks[frames.attacks.grid_of.isna()]
+    l2 = a.config.map(lambda c: c.get("threat_norm", "l2") == "l2").astype(bool)
+    summary = a[(a.attack == PseudoAttack.MINIMUM_NORM_WORST_CASE.value) & l2].attack_id
+    if len(summary):
+        return str(summary.iloc[0])
     attacks = protocol_attacks(frames)
     for name in RHO_ATTACKS:
         l2 = attacks.config.map(lambda c: c.get("threat_norm", "l2") == "l2").astype(bool)

@@ -11,6 +11,7 @@ from itertools import combinations
 import pandas as pd
 from scipy import stats
 
+from bench.enums import PseudoAttack
 from results.frames import StoreFrames, examples_by_row
 from results.leaderboard import audit_badges, exact_count, percent_of
 from results.paired import Paired, compare
@@ -47,7 +48,9 @@ def headline_table(frames: StoreFrames) -> pd.DataFrame:
     shown = table_attacks(frames)
     worst = list(dict.fromkeys(a[a.attack == "worst-case"].attack_id))
     autoattack = list(dict.fromkeys(a[a.attack == "autoattack"].attack_id))
-    minimum_norm = list(dict.fromkeys(shown[shown.eps.isna() & (shown.threat == "white-box")].attack_id))
+    # the per-norm minimum-norm worst case replaces its member attacks' columns where stored
+    summaries = list(dict.fromkeys(a[a.attack == PseudoAttack.MINIMUM_NORM_WORST_CASE.value].attack_id))
+    minimum_norm = summaries or list(dict.fromkeys(shown[shown.eps.isna() & (shown.threat == "white-box")].attack_id))
     badges = audit_badges(frames.store)
     rows = []
     for checkpoint in finals.itertuples():

@@ -10,7 +10,11 @@ import pytest
 from content_keys import current_keys
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "content_keys_542e034.json").read_text())
-NOW = current_keys(sorted(RECORDED["protocols"]), sorted(RECORDED["suites"]))
+#: Protocols bumped since the recording, on purpose (a new version with other attacks), and the
+#: archived file that keeps the recorded version: that file must still hash as recorded.
+ARCHIVE = Path(__file__).parents[1] / "bench" / "configs" / "protocols" / "archive"
+BUMPED = {"full": ARCHIVE / "full-v2.yaml"}
+NOW = current_keys([str(BUMPED.get(name, name)) for name in sorted(RECORDED["protocols"])], sorted(RECORDED["suites"]))
 
 
 def test_the_code_versions_and_dataset_fingerprints_are_unchanged():
@@ -21,7 +25,17 @@ def test_the_code_versions_and_dataset_fingerprints_are_unchanged():
 
 @pytest.mark.parametrize("protocol", sorted(RECORDED["protocols"]))
 def test_a_shipped_protocol_hashes_as_before(protocol):
-    assert NOW["protocols"][protocol] == RECORDED["protocols"][protocol]
+    assert NOW["protocols"][str(BUMPED.get(protocol, protocol))] == RECORDED["protocols"][protocol]
+
+
+@pytest.mark.parametrize("protocol", sorted(BUMPED))
+def test_a_bumped_protocol_has_a_new_version_and_new_keys(protocol):
+    from bench.suite import load_protocol
+
+    archived, current = load_protocol(str(BUMPED[protocol])), load_protocol(protocol)
+    assert current.version > archived.version
+    bumped = current_keys([protocol], [])["protocols"][protocol]
+    assert bumped["content_hash"] != RECORDED["protocols"][protocol]["content_hash"]
 
 
 #: Jobs a shipped suite gained since the recording, on purpose: sweep points added with

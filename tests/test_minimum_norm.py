@@ -170,3 +170,61 @@ def test_zero_gradients_still_move_the_search(name):
     assert not bool(grad.any())
     result = ATTACKS.create(name, steps=50)(model, x, y)
     assert float(result.success.float().mean()) >= 0.5
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=[f"{n}-{p.get('norm', 'l2')}" for n, p in CASES])
+def test_pass_counts_are_exact(affine, name, params):
+    """The attack's own count equals what a counting wrapper around the model sees: per image,
+    one forward and backward per step, the check of the last iterate and the base class's check."""
+    from attacks.base import PassCounter
+    from attacks.counting import CountingModel
+
+    model, x, y, _ = affine
+    seen = PassCounter()
+    result = ATTACKS.create(name, **{**params, "steps": 9})(CountingModel(model, seen), x, y)
+    n = x.shape[0]
+    assert (result.forward_passes, result.backward_passes) == (seen.forward, seen.backward) == (11 * n, 9 * n)
+
+
+def _protocol(worst_case: bool):
+    from bench.suite import Protocol
+
+    return Protocol.model_validate({
+        "name": "mn", "version": 1, "dataset": "digits", "eval_subset": {"size": 120, "seed": 0},
+        "batch_size": 60, "minimum_norm_worst_case": worst_case,
+        "attacks": [{"id": "pgd-l2", "attack": "pgd", "params": {"norm": "l2", "eps": 1.0, "steps": 5, "step_size": 0.3}},
+                    {"id": "deepfool-l2", "attack": "deepfool", "params": {"norm": "l2", "steps": 20}},
+                    {"id": "fmn-l2", "attack": "fmn", "params": {"norm": "l2", "steps": 30}},
+                    {"id": "ddn-l2", "attack": "ddn", "params": {"steps": 30}},
+                    {"id": "fmn-linf", "attack": "fmn", "params": {"norm": "linf", "steps": 30}}]})
+
+
+def test_the_minimum_norm_worst_case_is_the_per_image_smallest_over_its_members(trained_mlp, digits):
+    from bench.evaluate import evaluate_model
+
+    _, rows = evaluate_model(trained_mlp, digits, _protocol(True), {}, torch.device("cpu"), progress=False)
+    by_id = {row["attack_id"]: row for row in rows}
+    assert {"minimum-norm-l2", "minimum-norm-linf"} <= set(by_id)
+    l2 = by_id["minimum-norm-l2"]
+    assert l2["config"]["members"] == ["deepfool-l2", "fmn-l2", "ddn-l2"]
+    members = [by_id[name] for name in l2["config"]["members"]]
+    for i, example in enumerate(l2["examples"]):
+        found = [m["examples"][i]["l2"] for m in members if m["examples"][i]["success"]]
+        assert example["success"] == bool(found)
+        if found:
+            assert example["l2"] == min(found)
+    # never worse than any member, strictly better than each one somewhere
+    assert l2["median_l2"] <= min(m["median_l2"] for m in members)
+    assert l2["mean_l2"] < min(m["mean_l2"] for m in members)
+    assert by_id["minimum-norm-linf"]["config"]["members"] == ["fmn-linf"]
+    # the bounded L2 worst case counts minimum-norm points within its eps, as before
+    assert by_id["worst-case-l2-1"]["robust_accuracy"] <= by_id["pgd-l2"]["robust_accuracy"]
+
+
+def test_protocols_without_the_switch_store_no_minimum_norm_worst_case_and_hash_as_before(trained_mlp, digits):
+    from bench.evaluate import evaluate_model
+
+    assert "minimum_norm_worst_case" not in _protocol(False).spec()
+    assert _protocol(False).content_hash() != _protocol(True).content_hash()
+    _, rows = evaluate_model(trained_mlp, digits, _protocol(False), {}, torch.device("cpu"), progress=False)
+    assert not [row for row in rows if row["attack"] == "minimum-norm-worst-case"]
