@@ -25,7 +25,7 @@ from torch import nn
 
 from attacks.base import PassCounter
 from attacks.lp import per_example, size
-from attacks.minimum_norm import BestPoints, MinimumNormAttack
+from attacks.minimum_norm import BestPoints, MinimumNormAttack, record_first_gradient
 from attacks.registry import register_attack
 from bench.enums import Norm
 from bench.errors import ConfigError
@@ -117,6 +117,7 @@ class AugmentedLagrangian(MinimumNormAttack):
             loss = penalty if step == 0 else size(point - x, Norm.L2) + penalty
             (grad,) = torch.autograd.grad(loss.sum(), point)
             counter.add(n, backward=True)
+            record_first_gradient(counter, grad)   # the first step's: the model's alone, scaled
             if step == 0 and self.init_lr_distance is not None:
                 grad = torch.where(per_example(grad.flatten(1).norm(dim=1) <= 1e-6, x.ndim),
                                    self.random_unit(grad, generator), grad)

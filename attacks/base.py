@@ -11,12 +11,13 @@ import contextlib
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import torch
 from torch import nn
 
+from attacks.trace import AttackTrace
 from bench.enums import Norm
 from bench.errors import ConfigError
 
@@ -38,6 +39,8 @@ class PassCounter:
     forward: int = 0
     backward: int = 0
     success_step: torch.Tensor | None = None
+    #: what the attack saw (``attacks.trace``), for the indicators of attack failure
+    trace: AttackTrace = field(default_factory=AttackTrace)
 
     def add(self, images: int, backward: bool) -> None:
         self.forward += images
@@ -60,6 +63,8 @@ class AttackResult:
     #: first fooled (0: the start point), -1 where not fooled; None when the attack does not record it.
     #: Accuracy after k steps of the same run is the fraction with no success at step <= k.
     success_step: torch.Tensor | None = None
+    #: What the attack recorded while it ran (``attacks.trace``); fields it does not record stay None.
+    trace: AttackTrace | None = None
 
 
 def canonical_hash(payload: Any) -> str:
@@ -195,7 +200,7 @@ class Attack(ABC):
         step = None if counter.success_step is None else torch.where(success, counter.success_step, -1)
         return AttackResult(x_adv=x_adv, success=success, pred=pred, l2=l2, linf=linf,
                             forward_passes=counter.forward, backward_passes=counter.backward,
-                            success_step=step)
+                            success_step=step, trace=counter.trace)
 
     def _check_output(self, x: torch.Tensor, x_adv: torch.Tensor) -> None:
         if x_adv.shape != x.shape or x_adv.dtype != x.dtype:

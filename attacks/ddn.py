@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 from attacks.base import PassCounter
 from attacks.lp import box_limit, per_example, size
-from attacks.minimum_norm import BestPoints, MinimumNormAttack, cosine
+from attacks.minimum_norm import BestPoints, MinimumNormAttack, cosine, record_first_gradient
 from attacks.registry import register_attack
 from bench.enums import Norm
 from bench.errors import ConfigError
@@ -56,6 +56,7 @@ class DecoupledDirectionNorm(MinimumNormAttack):
             loss = F.cross_entropy(logits, goal, reduction="none")
             (grad,) = torch.autograd.grad(-loss.sum() if targeted else loss.sum(), point)
             counter.add(x.shape[0], backward=True)
+            record_first_gradient(counter, grad)
             adversarial = self.is_adversarial(logits.detach(), goal, targeted)
             best.update(point.detach(), adversarial)
             radius = torch.minimum(torch.where(adversarial, radius * (1 - self.gamma), radius * (1 + self.gamma)),

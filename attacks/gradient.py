@@ -24,6 +24,7 @@ from attacks.base import Attack, PassCounter
 from attacks.losses import get_loss
 from attacks.norms import NormHooks, hooks_for
 from attacks.registry import register_attack
+from attacks.trace import AttackTrace
 from bench.errors import ConfigError
 
 #: Compact the computed batch once this fraction of it is frozen (indexing costs a copy) ...
@@ -70,14 +71,16 @@ def gradient_ascent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, hooks
                     loss: str = "ce", generator: torch.Generator | None = None,
                     counter: PassCounter | None = None, start: torch.Tensor | None = None,
                     target: torch.Tensor | None = None, stop_at_success: bool = False,
-                    compact: bool = True, first_fooled: torch.Tensor | None = None) -> torch.Tensor:
+                    compact: bool = True, first_fooled: torch.Tensor | None = None,
+                    trace: AttackTrace | None = None) -> torch.Tensor:
     """The shared loop. ``momentum`` > 0 gives MIM; ``steps=1, step_size=eps`` gives FGSM.
 
     ``start`` is an explicit initial perturbation (else drawn from ``generator`` when
     ``random_start``). ``stop_at_success`` freezes each example at its first fooling iterate and,
     when ``first_fooled`` (int64, one per example, -1 filled) is given, writes that iterate's
     index t into it (x_t is the point after t steps; the last iterate x_steps is left to the
-    caller, which checks it anyway).
+    caller, which checks it anyway). With ``trace``, the per-step loss, the first gradient's norm
+    and the fooled rows are recorded (``attacks.trace``).
     Does not change the model's mode (trainers call it in train mode, attacks in eval mode)."""
     if start is None and random_start:
         if generator is None:
@@ -91,8 +94,12 @@ def gradient_ascent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, hooks
         current = batch.take(x_adv)
         logits, grad = input_gradient(model, current, batch.take(goal), loss, counter,
                                       targeted=target is not None)
+        if trace is not None:
+            _record(trace, logits, grad, batch, goal, loss, target is not None, step)
         if stop_at_success:
             fooled = is_fooled(logits, batch.take(y), None if target is None else batch.take(target))
+            if trace is not None:
+                trace.record_fooled(fooled, batch.rows, batch.size)
             if first_fooled is not None:
                 batch.record_step(first_fooled, fooled, step)
             batch.freeze(fooled)
@@ -109,6 +116,16 @@ def gradient_ascent(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, hooks
         if compact:
             batch.compact()
     return x_adv.detach()
+
+
+def _record(trace: AttackTrace, logits: torch.Tensor, grad: torch.Tensor, batch: "_Batch",
+            goal: torch.Tensor, loss: str, targeted: bool, step: int) -> None:
+    """One step into ``trace``: the loss the loop ascends, per row, and at step 0 the gradient norms."""
+    with torch.no_grad():
+        value = get_loss(loss)(logits, batch.take(goal))
+    trace.record_step(-value if targeted else value, batch.rows, batch.size)
+    if step == 0:
+        trace.first_gradient_norm = grad.flatten(1).norm(dim=1).detach()
 
 
 def sync_free(device: torch.device) -> bool:
@@ -235,7 +252,8 @@ class GradientAttack(Attack):
                 step_size=self.step_size, random_start=self.random_start, momentum=self.momentum,
                 loss=self.loss, counter=counter, start=None if start is None else start[todo],
                 target=None if target is None else target[todo], stop_at_success=True,
-                compact=self.compact, first_fooled=first_fooled)
+                compact=self.compact, first_fooled=first_fooled,
+                trace=counter.trace if restart == 0 else None)   # the first run covers every point
         if first_fooled is not None:  # not frozen inside the loop: fooled, if at all, by x_steps
             counter.success_step = torch.where(first_fooled < 0, self.steps, first_fooled)
         return x_adv

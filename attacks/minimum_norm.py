@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from attacks.base import Attack, PassCounter
 from attacks.lp import per_example, size
+from attacks.trace import AttackTrace
 from bench.enums import Norm
 from bench.errors import ConfigError
 
@@ -37,12 +38,18 @@ def cosine(start: float, end: float, step: int, steps: int) -> float:
     return end + (start - end) * (1 + math.cos(math.pi * step / steps)) / 2
 
 
+def record_first_gradient(counter: PassCounter, grad: torch.Tensor) -> None:
+    """The first input gradient's per-example norm into the counter's trace (later ones are ignored)."""
+    if counter.trace.first_gradient_norm is None:
+        counter.trace.first_gradient_norm = grad.flatten(1).norm(dim=1).detach()
+
+
 class BestPoints:
     """Per example: the smallest ``norm`` size of an adversarial point seen so far and that point
     (``torch.where`` on the whole batch, no host synchronization)."""
 
-    def __init__(self, x: torch.Tensor, norm: Norm) -> None:
-        self.x, self.norm = x, norm
+    def __init__(self, x: torch.Tensor, norm: Norm, trace: AttackTrace | None = None) -> None:
+        self.x, self.norm, self.trace = x, norm, trace
         self.size = torch.full((x.shape[0],), float("inf"), device=x.device, dtype=x.dtype)
         self.point = x.clone()
         self.found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
@@ -54,6 +61,9 @@ class BestPoints:
         self.size = torch.where(better, sizes, self.size)
         self.point = torch.where(per_example(better, candidate.ndim), candidate, self.point)
         self.found = self.found | adversarial
+        if self.trace is not None:
+            self.trace.ever_fooled = self.found
+            self.trace.record_step(self.size, None, self.size.shape[0])
         return sizes
 
 
@@ -77,7 +87,8 @@ class MinimumNormAttack(Attack):
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator, counter: PassCounter,
                 target: torch.Tensor | None = None) -> torch.Tensor:
-        best = BestPoints(x, self.threat_norm)
+        best = BestPoints(x, self.threat_norm, counter.trace)
+        counter.trace.maximize = False
         goal = target if target is not None else y
         last = self.search(model, x, goal, target is not None, best, generator, counter)
         with torch.no_grad():   # the last iterate was never evaluated by the loop
@@ -105,6 +116,7 @@ class MinimumNormAttack(Attack):
         margin = logit_margin(logits, goal, targeted)
         (grad,) = torch.autograd.grad(margin.sum(), x_adv)
         counter.add(x_adv.shape[0], backward=True)
+        record_first_gradient(counter, grad)
         return logits.detach(), margin.detach(), grad
 
     @staticmethod

@@ -39,4 +39,5 @@ class Transfer(Attack):
         result = self.base(self.source_model, x, y, generator, target)
         counter.forward += result.forward_passes
         counter.backward += result.backward_passes
+        counter.trace.source_fooled = result.success
         return result.x_adv

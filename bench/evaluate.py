@@ -22,6 +22,7 @@ from attacks.base import canonical_hash
 from bench.datasets import Dataset
 from bench.enums import PseudoAttack
 from bench.errors import ConfigError
+from bench.indicators import TraceFlags, readings
 from bench.precision import GuardResult, Precision, guard_size, judge, prepare
 from bench.suite import AttackSpec, Protocol
 
@@ -124,6 +125,7 @@ def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tenso
     generator = attack.make_generator(device)
     kept: list[torch.Tensor] = []
     parts: dict[str, list[torch.Tensor]] = {"success": [], "pred": [], "l2": [], "linf": [], "success_step": []}
+    flags: list[TraceFlags] = []
     forward = backward = 0
     chunk = x.shape[0] if attack.whole_set else batch_size
     start = time.perf_counter()
@@ -141,8 +143,10 @@ def run_attack(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tenso
                         .detach().cpu())
         forward += result.forward_passes
         backward += result.backward_passes
+        flags.append(TraceFlags.of_batch(result.trace, result.success))
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "forward": forward, "backward": backward,
+            "flags": TraceFlags.concatenate(flags),
             "kept": torch.cat(kept) if kept else None,
             **{name: torch.cat(values) if values else None for name, values in parts.items()}}
 
@@ -198,7 +202,9 @@ def evaluate_model(model: nn.Module, dataset: Dataset, protocol: Protocol,
     start = time.perf_counter()
     clean_pred = predict(model, x, protocol.batch_size).cpu()
     clean_correct = clean_pred == y.cpu()
-    subset = Subset(indices, x, y, clean_correct, x.flatten(1).norm(dim=1).cpu())
+    # a second clean forward: a model that labels the same images differently is randomized
+    unstable = predict(model, x, protocol.batch_size).cpu() != clean_pred
+    subset = Subset(indices, x, y, clean_correct, x.flatten(1).norm(dim=1).cpu(), unstable)
     requested = Precision(protocol.precision)
     execution: dict[str, Any] = {"precision": requested.value, "compile": protocol.compile}
     if requested is not Precision.FP32:
@@ -243,6 +249,7 @@ class Subset:
     y: torch.Tensor
     clean_correct: torch.Tensor   # on the CPU
     x_l2: torch.Tensor            # on the CPU
+    unstable: torch.Tensor | None = None   # labelled differently by a second clean forward (CPU)
 
 
 def _attack_all(model: nn.Module, protocol: Protocol, sources: dict[str, SourceModel], subset: Subset,
@@ -264,12 +271,21 @@ def _attack_all(model: nn.Module, protocol: Protocol, sources: dict[str, SourceM
         outcome = run_attack(attack, model, subset.x, subset.y, protocol.batch_size, progress,
                              f"{label} {spec.id}".strip(), keep if grid_of is None else None)
         rows.append({**_attack_row(spec, attack, outcome, subset.clean_correct, subset.y.cpu(), subset.indices,
-                                   subset.x_l2, sources), "grid_of": grid_of})
+                                   subset.x_l2, sources), "grid_of": grid_of,
+                     "indicators": _indicators(spec, attack, outcome, subset)})
         if outcome["kept"] is not None:
             rows[-1]["gallery_adv"] = outcome["kept"].to(torch.float16).tolist()
         if partial is not None:
             partial.keep(position, rows[-1])
     return rows
+
+
+def _indicators(spec: AttackSpec, attack: Attack, outcome: dict[str, Any], subset: Subset) -> dict[str, Any]:
+    """The row's indicators of attack failure (``bench.indicators``) from its attack's trace."""
+    metadata = ATTACKS.get(spec.attack).metadata
+    return readings(outcome["flags"], outcome["success"], subset.clean_correct,
+                    unbounded=bool(metadata.get("unbounded")), minimum_norm=attack.eps is None,
+                    unstable=subset.unstable)
 
 
 def guard_attack(protocol: Protocol) -> AttackSpec:

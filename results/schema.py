@@ -139,6 +139,8 @@ class AttackRow(Base):
     seconds: Mapped[float]
     #: The protocol attack id whose eps grid this row belongs to (None: a protocol attack); 0003.
     grid_of: Mapped[Optional[str]] = mapped_column(String(64))
+    #: Indicators of attack failure (``bench.indicators``): name -> value, points, fired; 0008.
+    indicators: Mapped[Optional[dict[str, Any]]]
     evaluation: Mapped[Evaluation] = relationship(back_populates="attacks")
 
 
