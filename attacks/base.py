@@ -160,6 +160,11 @@ class Attack(ABC):
     def key(self) -> str:
         return canonical_hash(self.config())
 
+    def pass_budget(self) -> int | None:
+        """The most forward plus backward passes per image this configuration can spend (the base
+        class's final check included), for fixed query budgets; None where not declared."""
+        return None
+
     def make_generator(self, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed)
 

@@ -270,6 +270,7 @@ def _attack_all(model: nn.Module, protocol: Protocol, sources: dict[str, SourceM
         attack = attacks[spec.id]
         outcome = run_attack(attack, model, subset.x, subset.y, protocol.batch_size, progress,
                              f"{label} {spec.id}".strip(), keep if grid_of is None else None)
+        check_budget(spec, outcome, len(subset.indices))
         rows.append({**_attack_row(spec, attack, outcome, subset.clean_correct, subset.y.cpu(), subset.indices,
                                    subset.x_l2, sources), "grid_of": grid_of,
                      "indicators": _indicators(spec, attack, outcome, subset)})
@@ -278,6 +279,19 @@ def _attack_all(model: nn.Module, protocol: Protocol, sources: dict[str, SourceM
         if partial is not None:
             partial.keep(position, rows[-1])
     return rows
+
+
+def check_budget(spec: AttackSpec, outcome: dict[str, Any], images: int) -> None:
+    """A fixed query budget (``AttackSpec.max_passes_per_image``) the attack's counted passes
+    exceeded is a bug in the attack's declared bound: refused, nothing stored."""
+    if spec.max_passes_per_image is None or not images:
+        return
+    spent = (outcome["forward"] + outcome["backward"]) / images
+    if spent > spec.max_passes_per_image:
+        from attacks import AttackCheckError
+
+        raise AttackCheckError(f"{spec.id}: spent {spent:.1f} forward+backward passes per image, above its "
+                               f"max_passes_per_image {spec.max_passes_per_image}")
 
 
 def _indicators(spec: AttackSpec, attack: Attack, outcome: dict[str, Any], subset: Subset) -> dict[str, Any]:

@@ -26,8 +26,17 @@ LATER_DEFAULTS: dict[str, Any] = {"subset": None, "precision": Precision.FP32, "
                                   "minimum_norm_worst_case": False}
 
 
+#: The same for the fields of each attack of a protocol.
+ATTACK_LATER_DEFAULTS: dict[str, Any] = {"max_passes_per_image": None}
+
+
 def _without_later_defaults(dumped: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in dumped.items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+    kept = {k: v for k, v in dumped.items() if k not in LATER_DEFAULTS or v != LATER_DEFAULTS[k]}
+    if isinstance(kept.get("attacks"), list):
+        kept["attacks"] = [{k: v for k, v in attack.items()
+                            if k not in ATTACK_LATER_DEFAULTS or v != ATTACK_LATER_DEFAULTS[k]}
+                           for attack in kept["attacks"]]
+    return kept
 
 
 class _Strict(BaseModel):
@@ -60,6 +69,10 @@ class AttackSpec(_Strict):
     #: Further eps values at which a bounded attack also runs (accuracy-vs-eps curves); each is
     #: stored as its own attack row ``ID@EPS`` marked as this attack's grid.
     eps_grid: list[float] = Field(default_factory=list)
+    #: A fixed query budget (AttackBench): forward plus backward passes per image this attack may
+    #: spend. An attack whose configuration can spend more (``Attack.pass_budget``), or that
+    #: declares no bound, is refused; the evaluator checks the passes it counted after the run.
+    max_passes_per_image: int | None = Field(default=None, gt=0)
 
     @property
     def source_kind(self) -> str | None:
@@ -82,8 +95,18 @@ class AttackSpec(_Strict):
             if self.source is not None:
                 raise ValueError(f"'source' is only for attacks that run a trained network of the suite, "
                                  f"not {self.attack!r}")
-            ATTACKS.create(self.attack, **self.params)
+            attack = ATTACKS.create(self.attack, **self.params)
+            if self.max_passes_per_image is not None:
+                bound = attack.pass_budget()
+                if bound is None:
+                    raise ValueError(f"attack {self.id!r} ({self.attack}) declares no bound on its passes per image, "
+                                     f"so its max_passes_per_image cannot be enforced")
+                if bound > self.max_passes_per_image:
+                    raise ValueError(f"attack {self.id!r} may spend {bound} forward+backward passes per image, "
+                                     f"above its max_passes_per_image {self.max_passes_per_image}")
             return self
+        if self.max_passes_per_image is not None:
+            raise ValueError(f"max_passes_per_image is for self-contained attacks, not {self.attack!r}")
         if not self.source:
             raise ValueError(f"attack {self.attack!r} needs 'source' (a {self.source_kind} of the suite)")
         ATTACKS.check_params(self.attack, self.params, reserved=("source_model", "source_id"))

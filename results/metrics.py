@@ -133,3 +133,33 @@ def mean_and_std(values: list[float]) -> tuple[float, float | None]:
     """Mean and sample standard deviation (None for a single value) over training seeds."""
     array = np.asarray(values, dtype=float)
     return float(array.mean()), (float(array.std(ddof=1)) if len(array) > 1 else None)
+
+
+def optimality(sizes: dict[str, np.ndarray], correct: np.ndarray) -> dict[str, float]:
+    """AttackBench's optimality (Cina et al. 2025, sec. 3.2) of each attack in ``sizes`` (per image,
+    the size of its successful perturbation in one norm, inf where it failed):
+
+        1 - (A_attack - A_best) / (clean_acc * max_dist - A_best)
+
+    with A the area under robust accuracy vs perturbation size over [0, max_dist], A_best that of
+    the per-image best over every attack given, and max_dist the largest successful perturbation of
+    any attack on a clean-correct image. Robust accuracy at budget e counts clean-correct images whose attack
+    size exceeds e, so A = mean over images of min(size, max_dist) on clean-correct ones. 1: as
+    good as the best on every image; 0: no better than not attacking. An attack no other beats
+    scores 1; images no attack fooled count max_dist for every attack."""
+    correct = np.asarray(correct, dtype=bool)
+    if not sizes or not correct.any():
+        return {}
+    stacked = np.stack([np.asarray(v, dtype=float)[correct] for v in sizes.values()])
+    best = stacked.min(axis=0)
+    finite = stacked[np.isfinite(stacked)]
+    if not len(finite) or finite.max() <= 0:
+        return {name: 1.0 for name in sizes}
+    max_dist = float(finite.max())
+    area_best = np.minimum(best, max_dist).sum()
+    ceiling = len(best) * max_dist
+    out = {}
+    for name, row in zip(sizes, stacked):
+        area = np.minimum(row, max_dist).sum()
+        out[name] = 1.0 if ceiling <= area_best else float(1 - (area - area_best) / (ceiling - area_best))
+    return out

@@ -73,6 +73,12 @@ def build_sections(frames: StoreFrames, matching: tables.MatchingOptions,
                 "Success rate beside rho (mean L2), median L2 and rho_2 = mean ||delta|| / ||x|| "
                 "(seed 002 eq. 7), over successful perturbations of clean-correct points.",
                 tables.minimum_norm_table(frames)),
+        Section("strength", "Evaluation strength: indicators of attack failure and optimality",
+                "Per attack: the indicators of attack failure (Pintor et al. 2022) that fired on its own trace "
+                "during the evaluation, and for minimum-norm attacks AttackBench's optimality (1: as small "
+                "as the per-image best of every attack of that norm; the audit flags attack-suboptimal "
+                "below 0.9).",
+                tables.strength_table(frames)),
         Section("fgs", "FGS robustness at fractions of eps_ref (seed 002 sec. 4.1)",
                 "eps_ref: the eps at which the reference model misclassifies half the images along "
                 "the FGS line; accuracy (%) of every model of that architecture at 0.2, 0.5, 1.0 eps_ref.",

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from bench.enums import PseudoAttack
 from results.frames import StoreFrames, examples_by_row
 from results.leaderboard import CURVE_ONLY_ATTACKS, audit_badges
 from results.matching import NOT_REACHABLE, Point, match
@@ -18,6 +19,7 @@ from results.metrics import attack_metrics, fgs_accuracies, fgs_eps_ref, mean_an
 DECIMALS = 4
 #: Minimum-norm attacks whose mean L2 is the robustness-curve's rho, best first (seed 000 uses C&W).
 RHO_ATTACKS = ("cw", "deepfool")
+_PSEUDO_ATTACKS = {p.value for p in PseudoAttack}
 
 
 @dataclass(frozen=True)
@@ -273,3 +275,25 @@ def environment_table(frames: StoreFrames) -> pd.DataFrame:
                 for k, v in sorted(env.items())}
         seen.setdefault(str(sorted(flat.items())), flat)
     return pd.DataFrame(list(seen.values())) if seen else pd.DataFrame()
+
+
+def strength_table(frames: StoreFrames) -> pd.DataFrame:
+    """Per final checkpoint and protocol attack: the indicators of attack failure that fired
+    (``bench.indicators``; "not recorded" for evaluations stored before them) and, for minimum-norm
+    attacks, AttackBench optimality against the per-image best of the evaluation's attacks."""
+    from bench.indicators import fired
+    from results.optimality import attack_optimality
+
+    finals = final_checkpoints(frames)
+    out = []
+    for checkpoint in finals.itertuples():
+        rows = frames.store.evaluation_rows(int(checkpoint.evaluation_id))
+        scores = {o.attack_id: o.value for o in attack_optimality(rows)}
+        for row in rows:
+            if row.get("grid_of") is not None or row["attack"] in _PSEUDO_ATTACKS:
+                continue
+            indicators = row.get("indicators")
+            badges = "not recorded" if indicators is None else (", ".join(fired(indicators)) or "none fired")
+            out.append({"label": checkpoint.label, "attack": row["attack_id"],
+                        "optimality": _round(scores.get(row["attack_id"])), "indicators": badges})
+    return pd.DataFrame(out)

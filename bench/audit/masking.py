@@ -15,7 +15,10 @@ numbers behind it. Tolerances are in accuracy points.
    substitute: with the protocol's step size, 20 steps of 0.01 cannot even reach eps 0.3.)
 7. ``ce-cw-disagree``: PGD with the CW margin loss leaves fewer points robust than the stored
    CE-loss PGD, by more than the tolerance (saturated softmax hides CE gradients, not margins; a
-   weaker CW run does not put the stored number in doubt, so that direction is not flagged)."""
+   weaker CW run does not put the stored number in doubt, so that direction is not flagged).
+8. ``attack-suboptimal``: a minimum-norm attack's AttackBench optimality against the per-image best
+   of the evaluation's attacks of its norm is below 0.9 (``results.optimality``): its distances,
+   and the rho and curves built on it alone, overstate the model's robustness."""
 
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from torch import nn
 
 from attacks import ATTACKS
 from bench.evaluate import predict, run_attack
+from results.optimality import SUBOPTIMAL, attack_optimality
 
 #: Attacks that follow the model's gradient (noise, transfer and worst-case rows are not).
 GRADIENT_ATTACKS = ("fgsm", "pgd", "mim", "apgd-ce", "apgd-t", "autoattack", "ta-fgsm", "ta-pgd", "ta-mim",
@@ -34,7 +38,7 @@ GRADIENT_ATTACKS = ("fgsm", "pgd", "mim", "apgd-ce", "apgd-t", "autoattack", "ta
 #: Success below this (in %) counts as "not ~100%" for unbounded attacks.
 UNBOUNDED_SUCCESS = 99.0
 CHECKS = ("noise-beats-gradient", "one-step-beats-iterative", "eps-not-monotone", "unbounded-not-total",
-          "black-box-beats-white-box", "iterations-unconverged", "ce-cw-disagree")
+          "black-box-beats-white-box", "iterations-unconverged", "ce-cw-disagree", "attack-suboptimal")
 
 
 @dataclass(frozen=True)
@@ -208,10 +212,17 @@ def ce_cw_disagree(rows: list[dict[str, Any]], reattack: Reattack | None, tolera
     return flags
 
 
+def attack_suboptimal(rows: list[dict[str, Any]]) -> list[Flag]:
+    return [Flag(CHECKS[7], score.value < SUBOPTIMAL,
+                 f"{score.attack_id}: optimality {score.value:.3f} against the per-image best of "
+                 f"{score.contenders} {score.norm} attacks")
+            for score in attack_optimality(rows)]
+
+
 def masking_flags(rows: list[dict[str, Any]], benign_accuracy: float, tolerance: float = 2.0,
                   reattack: Reattack | None = None) -> list[Flag]:
     """Every check that the rows (and the model, when given) allow, in ``CHECKS`` order."""
     return [*noise_beats_gradient(rows, tolerance), *one_step_beats_iterative(rows, tolerance),
             *eps_not_monotone(rows, benign_accuracy, tolerance), *unbounded_not_total(rows, reattack),
             *black_box_beats_white_box(rows, tolerance), *iterations_unconverged(rows, reattack, tolerance),
-            *ce_cw_disagree(rows, reattack, tolerance)]
+            *ce_cw_disagree(rows, reattack, tolerance), *attack_suboptimal(rows)]
