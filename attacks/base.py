@@ -160,10 +160,15 @@ class Attack(ABC):
     def key(self) -> str:
         return canonical_hash(self.config())
 
-    def pass_budget(self) -> int | None:
-        """The most forward plus backward passes per image this configuration can spend (the base
-        class's final check included), for fixed query budgets; None where not declared."""
+    def pass_counts(self) -> tuple[int, int] | None:
+        """The most (forward, backward) passes per image this configuration can spend, the base
+        class's final check included; None where the attack does not declare them."""
         return None
+
+    def pass_budget(self) -> int | None:
+        """Forward plus backward passes per image at most (``pass_counts``), for fixed query budgets."""
+        counts = self.pass_counts()
+        return None if counts is None else sum(counts)
 
     def make_generator(self, device: torch.device) -> torch.Generator:
         return torch.Generator(device=device).manual_seed(self.seed)

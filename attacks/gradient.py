@@ -230,10 +230,11 @@ class GradientAttack(Attack):
                 "random_start": self.random_start, "momentum": self.momentum, "loss": self.loss,
                 "restarts": self.restarts, "targeted": self.targeted}
 
-    def pass_budget(self) -> int | None:
+    def pass_counts(self) -> tuple[int, int] | None:
         """Per restart a forward and a backward per step, a forward between restarts, the final
         check; a targeted rule picking the least-likely class adds one forward."""
-        return 2 * self.steps * self.restarts + self.restarts + (self.targeted == "least-likely")
+        forward = self.steps * self.restarts + self.restarts + (self.targeted == "least-likely")
+        return forward, self.steps * self.restarts
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator, counter: PassCounter,

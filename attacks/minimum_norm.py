@@ -84,10 +84,10 @@ class MinimumNormAttack(Attack):
     def config(self) -> dict[str, Any]:
         return {**super().config(), "threat_norm": self.threat_norm.value, "steps": self.steps}
 
-    def pass_budget(self) -> int | None:
+    def pass_counts(self) -> tuple[int, int] | None:
         """A forward and a backward per step, the check of the last iterate, the base class's check
         (a least-likely target rule: one more forward)."""
-        return 2 * self.steps + 2 + (self.targeted == "least-likely")
+        return self.steps + 2 + (self.targeted == "least-likely"), self.steps
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator, counter: PassCounter,

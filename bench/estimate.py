@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from attacks import ATTACKS
 from attacks.base import PassCounter
 from bench.datasets import DATASETS, Dataset, load_dataset
 from bench.jobs import TrainJob, plan_training
@@ -138,11 +139,10 @@ def attack_budget(spec: AttackSpec, classes: int) -> tuple[float, float]:
         forward, backward = attack_budget(AttackSpec(id="base", attack=p["base"], params=p.get("base_params", {})),
                                           classes)
         return forward + 1, backward  # crafted on the surrogate, then one forward on the target
-    if name == "fgsm":
-        return 2, 1
-    if name in ("pgd", "mim"):
-        steps, restarts = p.get("steps", 40 if name == "pgd" else 10), p.get("restarts", 1)
-        return (steps + 1) * restarts, steps * restarts
+    if spec.source is None:
+        declared = ATTACKS.create(name, **p).pass_counts()   # the attack's own bound, where it has one
+        if declared is not None:
+            return declared
     if name == "apgd-ce":
         return _AUTOATTACK_ITERS + 1, _AUTOATTACK_ITERS
     if name == "apgd-t":
