@@ -52,16 +52,18 @@ class Outcome:
     median_ratio_to_best: float
     passes_per_image: float
     seconds: float
+    #: per image, the L2 of its successful perturbation (None: not fooled or not clean-correct)
+    l2_per_image: list[float | None]
 
 
 #: Our minimum-norm L2 attacks: (name, registry name, params).
 OURS: list[tuple[str, str, dict[str, Any]]] = [
     ("deepfool-l2 (quick)", "deepfool", {"norm": "l2", "steps": 50, "overshoot": 0.02, "candidates": 3,
                                          "box_mask": True, "damping": 0.5, "damped_steps": 2}),
+    ("alma-l2 100 (quick)", "alma", {"steps": 100, "init_lr_distance": 1.0}),
     ("fmn-l2 100", "fmn", {"norm": "l2", "steps": 100}),
     ("ddn 100", "ddn", {"steps": 100}),
-    ("alma-l2 100", "alma", {"steps": 100, "init_lr_distance": 0.5}),
-    ("fmn-l2 300", "fmn", {"norm": "l2", "steps": 300}),
+    ("alma-l2 149", "alma", {"steps": 149, "init_lr_distance": 1.0}),
 ]
 
 
@@ -169,7 +171,8 @@ def crosscheck(model: nn.Module, x: torch.Tensor, y: torch.Tensor, contenders: l
             median_l2=float(hits.median()) if hits.numel() else None,
             mean_l2=float(hits.mean()) if hits.numel() else None,
             median_ratio_to_best=float(ratio.nan_to_num(nan=math.inf, posinf=math.inf).median()),
-            passes_per_image=passes, seconds=seconds))
+            passes_per_image=passes, seconds=seconds,
+            l2_per_image=[float(v) if math.isfinite(v) else None for v in size.tolist()]))
     return outcomes
 
 

@@ -31,7 +31,7 @@ def run_crosscheck(args: argparse.Namespace, ctx: Context) -> None:
         for line in missing:
             log.warning("crosscheck: not installed, left out: %s", line)
     outcomes = crosscheck.crosscheck(model, x, y, contenders, progress=lambda line: log.info("crosscheck: %s", line))
-    table = pd.DataFrame(crosscheck.as_records(outcomes))
+    table = pd.DataFrame(crosscheck.as_records(outcomes)).drop(columns="l2_per_image")
     print(f"{checkpoint.meta.get('label', args.checkpoint.name)}: {n} test images, "
           f"{int((model.eval()(x).argmax(1) == y).sum())} clean-correct")
     print(table.to_markdown(index=False, floatfmt=".3f"))
