@@ -25,13 +25,11 @@ from torch import nn
 
 from attacks.base import PassCounter
 from attacks.lp import per_example, size
-from attacks.minimum_norm import BestPoints, MinimumNormAttack, record_first_gradient
+from attacks.minimum_norm import LOGIT_TOLERANCE, BestPoints, MinimumNormAttack, record_first_gradient
 from attacks.registry import register_attack
 from bench.enums import Norm
 from bench.errors import ConfigError
 
-#: Added to the logit difference so that a tie (margin 0) does not count as adversarial.
-LOGIT_TOLERANCE = 1e-4
 _BISECTION_STEPS = 20
 _DOUBLING_STEPS = 30
 

@@ -20,12 +20,9 @@ from torch import nn
 
 from attacks.base import PassCounter
 from attacks.lp import box_limit, dual_size, project
-from attacks.minimum_norm import BestPoints, MinimumNormAttack, cosine
+from attacks.minimum_norm import LOGIT_TOLERANCE, BestPoints, MinimumNormAttack, cosine
 from attacks.registry import register_attack
 from bench.errors import ConfigError
-
-#: Added to the linearized margin, as ALMA adds it to the logit difference.
-LOGIT_TOLERANCE = 1e-4
 
 
 @register_attack("fmn", kind="minimum-norm", gradients=True, unbounded=True, paper="Pintor et al. 2021, Alg. 1 (FMN)")

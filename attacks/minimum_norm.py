@@ -23,6 +23,10 @@ from attacks.trace import AttackTrace
 from bench.enums import Norm
 from bench.errors import ConfigError
 
+#: Added to a logit difference so that a tie (margin 0, a point exactly on a boundary) does not
+#: count as adversarial and a linear estimate of the boundary lands just across it.
+LOGIT_TOLERANCE = 1e-4
+
 
 def logit_margin(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
     """Per example, positive while the attack has not succeeded and negative once it has:
