@@ -441,11 +441,14 @@ MINIMUM_NORM_WORST_CASE = PseudoAttack.MINIMUM_NORM_WORST_CASE.value
 
 
 def minimum_norm_members(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """The protocol's minimum-norm rows (no eps, a ``threat_norm``) grouped by that norm."""
+    """The protocol's minimum-norm rows (no eps, a ``threat_norm``) grouped by that norm, without
+    the curve-only ones (registry metadata ``curve_only``: the FGS line searches one direction up
+    to a fixed eps for seed 002's curve, it does not search for the smallest perturbation)."""
     members: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         norm = row["config"].get("threat_norm")
-        if row["eps"] is None and norm is not None and row["attack"] != MINIMUM_NORM_WORST_CASE:
+        if (row["eps"] is None and norm is not None and row["attack"] in ATTACKS
+                and not ATTACKS.get(row["attack"]).metadata.get("curve_only")):
             members.setdefault(norm, []).append(row)
     return members
 
