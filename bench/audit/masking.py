@@ -30,13 +30,12 @@ from torch import nn
 
 from attacks import ATTACKS
 from bench.evaluate import predict, run_attack
+from bench.indicators import UNBOUNDED_SUCCESS, Indicator
 from results.optimality import SUBOPTIMAL, attack_optimality
 
 #: Attacks that follow the model's gradient (noise, transfer and worst-case rows are not).
 GRADIENT_ATTACKS = ("fgsm", "pgd", "mim", "apgd-ce", "apgd-t", "autoattack", "ta-fgsm", "ta-pgd", "ta-mim",
                     "ta-apgd", "ta-autoattack", "ta-pgdl2")
-#: Success below this (in %) counts as "not ~100%" for unbounded attacks.
-UNBOUNDED_SUCCESS = 99.0
 CHECKS = ("noise-beats-gradient", "one-step-beats-iterative", "eps-not-monotone", "unbounded-not-total",
           "black-box-beats-white-box", "iterations-unconverged", "ce-cw-disagree", "attack-suboptimal")
 
@@ -144,7 +143,13 @@ def eps_not_monotone(rows: list[dict[str, Any]], benign: float, tolerance: float
 def unbounded_not_total(rows: list[dict[str, Any]], reattack: Reattack | None) -> list[Flag]:
     flags = []
     for row in _protocol_rows(rows):
-        if row["attack"] in ATTACKS and ATTACKS.get(row["attack"]).metadata.get("unbounded"):
+        # the evaluation's own indicator where it recorded one (the same test, one place for it)
+        reading = (row.get("indicators") or {}).get(Indicator.UNCONSTRAINED_FAILURE.value)
+        if reading is not None:
+            flags.append(Flag(CHECKS[3], reading["fired"],
+                              f"{row['attack_id']} succeeds on {100 * (1 - reading['value']):.1f}% of "
+                              f"{reading['points']} clean-correct points (indicator recorded by the evaluation)"))
+        elif row["attack"] in ATTACKS and ATTACKS.get(row["attack"]).metadata.get("unbounded"):
             success = 100 * row["success_rate"]
             flags.append(Flag(CHECKS[3], success < UNBOUNDED_SUCCESS,
                               f"{row['attack_id']} succeeds on {success:.1f}% of clean-correct points"))
