@@ -43,6 +43,10 @@ def p2_penalty(y: torch.Tensor, rho: torch.Tensor, mu: torch.Tensor) -> torch.Te
 
 def dlr_constraint(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> torch.Tensor:
     """Difference-of-logits ratio (Croce & Hein 2020, eq. 6), positive while not adversarial."""
+    needed = 4 if targeted else 3
+    if logits.shape[1] < needed:
+        raise ConfigError(f"alma: the difference-of-logits ratio needs at least {needed} classes "
+                          f"({'targeted' if targeted else 'untargeted'}), the model has {logits.shape[1]}")
     goal_logit = logits.gather(1, goal[:, None]).squeeze(1)
     others = logits.scatter(1, goal[:, None], float("-inf")).amax(dim=1)
     if targeted:
@@ -58,7 +62,7 @@ def dlr_constraint(logits: torch.Tensor, goal: torch.Tensor, targeted: bool) -> 
 
 @register_attack("alma", kind="minimum-norm", gradients=True, unbounded=True, paper="Rony et al. 2021, Alg. 1 (ALMA, L2)")
 class AugmentedLagrangian(MinimumNormAttack):
-    """ALMA-L2: ``steps`` forward+backward passes per image (needs at least 4 classes)."""
+    """ALMA-L2: ``steps`` forward+backward passes per image (at least 3 classes; 4 targeted)."""
 
     name = "alma"
 

@@ -229,3 +229,12 @@ def test_protocols_without_the_switch_store_no_minimum_norm_worst_case_and_hash_
     assert _protocol(False).content_hash() != _protocol(True).content_hash()
     _, rows = evaluate_model(trained_mlp, digits, _protocol(False), {}, torch.device("cpu"), progress=False)
     assert not [row for row in rows if row["attack"] == "minimum-norm-worst-case"]
+
+
+def test_alma_on_two_classes_is_one_clear_error():
+    from bench.errors import ConfigError
+
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    x = torch.rand(4, 1, 4, 4)
+    with pytest.raises(ConfigError, match="at least 3 classes"):
+        ATTACKS.create("alma", steps=3)(model, x, model(x).argmax(1))
