@@ -238,3 +238,16 @@ def test_alma_on_two_classes_is_one_clear_error():
     x = torch.rand(4, 1, 4, 4)
     with pytest.raises(ConfigError, match="at least 3 classes"):
         ATTACKS.create("alma", steps=3)(model, x, model(x).argmax(1))
+
+
+@pytest.mark.parametrize("name", ["fmn", "ddn", "alma"])
+def test_targeted_runs_reach_their_targets(trained_mlp, digits, name):
+    x, y = digits.x_test[:60], digits.y_test[:60]
+    attack = ATTACKS.create(name, steps=60, targeted="random")
+    generator = attack.make_generator(x.device)
+    target = attack.choose_targets(trained_mlp, x, y, generator, __import__("attacks").PassCounter())
+    result = attack(trained_mlp, x, y, target=target)
+    with torch.no_grad():
+        pred = trained_mlp(result.x_adv).argmax(1)
+    assert torch.equal(result.success, pred == target)
+    assert float(result.success.float().mean()) >= 0.9
