@@ -34,8 +34,8 @@ def test_the_command_with_our_attacks_only(tmp_path, trained_mlp, digits, capsys
     from bench.checkpoints import save_checkpoint
     from bench.cli import main
 
-    monkeypatch.setattr(crosscheck, "OURS", [("fmn-l2 20", "fmn", {"norm": "l2", "steps": 20}, "g"),
-                                             ("ddn 20", "ddn", {"steps": 20}, "g")])
+    monkeypatch.setattr(crosscheck, "OURS", [("fmn-l2 20", "fmn", {"norm": "l2", "steps": 20}, ("g",)),
+                                             ("ddn 20", "ddn", {"steps": 20}, ("g",))])
     meta = {"arch": "mlp", "arch_params": {"hidden": [64]}, "dataset": {"name": "digits", "fingerprint": "f"},
             "input_shape": list(digits.input_shape), "num_classes": 10, "mean": digits.channel_mean,
             "std": digits.channel_std, "label": "mlp", "defense": "standard", "hparams": {}, "seed": 0, "epoch": 15}
