@@ -23,7 +23,7 @@ good epoch's weights are kept."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from pydantic.dataclasses import dataclass
@@ -36,7 +36,7 @@ from bench.core.params import PARAMS_CONFIG, Flag, NonNegativeReal, PositiveReal
 from bench.datasets import Dataset
 from bench.errors import ConfigError
 from defenses.base import BatchContext, BatchOutput, EpochContext, Trainer
-from defenses.fast_at import pgd_check
+from defenses.fast_at import pgd_check, probe_indices
 from defenses.registry import register_defense
 
 CANDIDATES = ("all", "top")
@@ -109,6 +109,11 @@ class EFGSMRecParams:
     early_stop: Flag = True
     collapse_drop: Real = 0.2
     probe: Flag = True
+    #: The probe's fixed minibatch: "random" (seed-0 permutation) or "first" (see ``fast_at``).
+    probe_sample: Literal["random", "first"] = "random"
+    #: False: the paper's "AdvTrain only" ablation (Table 4): eFGSM examples, CE with label
+    #: smoothing, no re-constructor and no L_R.
+    reconstructor: Flag = True
 
 
 @register_defense("efgsm-rec", strength="eps", paper="Chen & Lee 2020, eq. 11-16")
@@ -140,8 +145,10 @@ class EFGSMReconstructor(Trainer):
               generator: torch.Generator) -> None:
         # Per-sample memory of the whole split: kept in host memory, rows copied per minibatch.
         self.gamma = torch.zeros(data.x_train.shape)
-        with isolated_global_rng(device, int(torch.randint(2**31, (1,), generator=generator, device=device))):
-            self.aux = {"reconstructor": Reconstructor(data.num_classes, tuple(data.input_shape)).to(device)}
+        seed = int(torch.randint(2**31, (1,), generator=generator, device=device))
+        if self.params.reconstructor:
+            with isolated_global_rng(device, seed):
+                self.aux = {"reconstructor": Reconstructor(data.num_classes, tuple(data.input_shape)).to(device)}
         self.high_risk = self.seen = 0
         self.previous = {}
 
@@ -174,18 +181,20 @@ class EFGSMReconstructor(Trainer):
                    ctx: BatchContext) -> BatchOutput:
         x_adv = self.efgsm(model, x, y, ctx)
         logits = model(x_adv)
-        reconstruction = self.aux["reconstructor"](F.softmax(logits, dim=1))
         ctx.counter.add(len(y), backward=True)
-        loss_r = F.mse_loss(reconstruction, x)
         loss_c = F.cross_entropy(logits, y, label_smoothing=self.params.label_smoothing)
+        if not self.params.reconstructor:
+            return BatchOutput(loss_c, None, logits)
+        reconstruction = self.aux["reconstructor"](F.softmax(logits, dim=1))
+        loss_r = F.mse_loss(reconstruction, x)
         return BatchOutput(loss_r + self.params.lam * loss_c, None, logits)
 
     def end_epoch(self, model: nn.Module, ctx: EpochContext) -> dict[str, Any]:
         stats = {"estimated_robust_accuracy": 1 - self.high_risk / max(self.seen, 1)}
         self.high_risk = self.seen = 0
         if self.params.probe:
-            n = self.common.batch_size
-            stats["probe_pgd_robust_accuracy"] = pgd_check(model, ctx.x_train[:n], ctx.y_train[:n],
+            rows = probe_indices(len(ctx.y_train), self.common.batch_size, self.params.probe_sample)
+            stats["probe_pgd_robust_accuracy"] = pgd_check(model, ctx.x_train[rows], ctx.y_train[rows],
                                                            self.params.eps, 5, ctx.generator, ctx)
         drops = {name: self.previous[name] - value for name, value in stats.items() if name in self.previous}
         collapsed = self.params.early_stop and any(drop > self.params.collapse_drop for drop in drops.values())

@@ -42,7 +42,8 @@ defenses:
 surrogates:
   surrogate: {{defense: standard, seed: 1}}
 """
-TABLES = ("headline", "leaderboard", "paired", "paired-long", "results", "attacks", "minimum-norm", "fgs", "transfer", "training", "environment")
+TABLES = ("headline", "leaderboard", "paired", "paired-long", "results", "attacks", "minimum-norm", "fgs", "transfer", "training", "environment",
+          "paper-claims")
 
 
 @pytest.fixture(scope="module")
