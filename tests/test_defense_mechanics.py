@@ -145,7 +145,7 @@ def test_efgsm_memory_accumulates_across_epochs(digits):
 
 def test_efgsm_examples_stay_in_the_ball_and_the_box(digits):
     model = tiny(digits)
-    trainer = build_trainer("efgsm-rec", {"eps": 0.1})
+    trainer = build_trainer("efgsm-rec", {"eps": 0.1, "project": True, "candidates": "all"})
     trainer.setup(model, digits, torch.device("cpu"), torch.Generator().manual_seed(0))
     x, y = digits.x_train[:64], digits.y_train[:64]
     ctx = context(index=torch.arange(64))
