@@ -1,6 +1,10 @@
 """Content keys are a contract with every existing store: each shipped protocol's attacks and
 evaluation key, each shipped suite's training jobs and the code versions hash exactly as 542e034's
-code hashed them (recorded in tests/data/content_keys_542e034.json by tests/content_keys.py)."""
+code hashed them (recorded in tests/data/content_keys_542e034.json by tests/content_keys.py).
+
+Re-recorded on purpose since: seeds-a's efgsm-rec, fast-at, fast-at-forced-co and free-at (issue 23:
+the eFGSM+REC and Fast-AT defaults changed, with the new ``probe_sample`` hyper-parameter in both,
+and seeds-a's fast-at and free-at entries run the papers' MNIST settings); every other key as recorded."""
 
 import json
 from pathlib import Path
