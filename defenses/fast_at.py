@@ -5,8 +5,11 @@ size alpha (1.25 eps by default) along sign(grad), projection onto the eps-ball 
 train on CE(f(x + delta)) only. Use it with ``lr_schedule: cyclic`` as the paper does.
 
 Catastrophic-overfitting early stop (the reference code's ``--early-stop``): after every epoch,
-PGD-5 (step eps/4, one random start) on one fixed training minibatch (here the first ``batch_size``
-examples of the training split, or the first ``probe_size``); if its robust accuracy drops by more than ``collapse_drop``
+PGD-5 (step eps/4, one random start) on one fixed training minibatch of ``batch_size`` examples (or
+``probe_size``): by default drawn once by a fixed permutation (``probe_sample: random``), as the
+reference code probes its shuffled loader's first minibatch; ``first`` takes the split's first
+examples, which on a class-sorted split (mnist5k) are one class only (issue 23: all zeros, whose
+robustness hid the collapse of the others); if its robust accuracy drops by more than ``collapse_drop``
 (0.2) from the previous epoch, training stops and the previous epoch's weights are kept.
 ``collapse_reference: best`` measures the drop from the best probe so far and keeps that epoch's
 weights instead: on small training sets the collapse can build up over several epochs, each
@@ -28,6 +31,15 @@ from bench.datasets import Dataset
 from bench.errors import ConfigError
 from defenses.base import BatchContext, BatchOutput, EpochContext, Trainer
 from defenses.registry import register_defense
+
+
+def probe_indices(n_train: int, size: int, sample: str) -> torch.Tensor:
+    """Indices of the collapse probe's fixed training minibatch: the first ``size`` examples
+    (``first``), or ``size`` examples of a permutation drawn from its own generator with seed 0
+    (``random``: the same minibatch every epoch, and the training's random stream left untouched)."""
+    if sample == "first":
+        return torch.arange(min(size, n_train))
+    return torch.randperm(n_train, generator=torch.Generator().manual_seed(0))[:size]
 
 
 def pgd_check(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int,
@@ -65,6 +77,9 @@ class FastATParams:
     #: "previous" (the reference code): a drop from the previous epoch's probe; "best": a drop
     #: from the best probe so far, restoring that epoch.
     collapse_reference: Literal["previous", "best"] = "previous"
+    #: "random": a fixed minibatch drawn by a seed-0 permutation (the reference code's shuffled
+    #: first minibatch); "first": the split's first examples (one class on a class-sorted split).
+    probe_sample: Literal["random", "first"] = "random"
 
 
 @register_defense("fast-at", strength="eps", paper="Wong, Rice & Kolter 2020")
@@ -107,8 +122,9 @@ class FastAdversarialTraining(Trainer):
     def end_epoch(self, model: nn.Module, ctx: EpochContext) -> dict[str, Any]:
         if not self.params.early_stop:
             return {}
-        n = self.params.probe_size or self.common.batch_size
-        probe = pgd_check(model, ctx.x_train[:n], ctx.y_train[:n], self.params.eps, self.params.probe_steps,
+        rows = probe_indices(len(ctx.y_train), self.params.probe_size or self.common.batch_size,
+                             self.params.probe_sample)
+        probe = pgd_check(model, ctx.x_train[rows], ctx.y_train[rows], self.params.eps, self.params.probe_steps,
                           ctx.generator, ctx)
         reference = self.reference_probe
         collapsed = reference is not None and probe < reference - self.params.collapse_drop

@@ -23,7 +23,7 @@ import pandas as pd
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
-from results import curves, gallery, headline, tables
+from results import curves, gallery, headline, paper_claims, tables
 from results.frames import StoreFrames, load_frames
 from results.interop import reference_table
 from results.leaderboard import significant
@@ -223,6 +223,10 @@ def write_report(store: Store, protocol: str, out: Path, matching: tables.Matchi
                                 "Imported RobustBench model_info files: their own numbers under their own "
                                 "protocols, shown for orientation; advarena has not attacked these models.",
                                 references))
+    claims = paper_claims.claims_table(tables.final_checkpoints(frames), frames.attacks, frames.training,
+                                       next(s.table for s in sections if s.name == "minimum-norm"))
+    if not claims.empty:
+        sections.append(Section("paper-claims", "Paper vs ours", paper_claims.CAPTION, claims))
     write_tables([*sections, Section("paired-long", "", "", pairs)], out / "tables")
     figures = curves.draw_all(frames, out / "figures")
     env = _environment()
@@ -258,7 +262,8 @@ def write_report(store: Store, protocol: str, out: Path, matching: tables.Matchi
         drawn = curves.draw_all(own, out / "defenses" / "figures" / slug(entry))
         page_tables = []
         for name, title in (("headline", "Ranking rows"), ("leaderboard", "At matched benign accuracy"),
-                            ("attacks", "Attacks (seed 000, Table 1 layout)"), ("minimum-norm", "Minimum-norm attacks")):
+                            ("attacks", "Attacks (seed 000, Table 1 layout)"), ("minimum-norm", "Minimum-norm attacks"),
+                            ("paper-claims", "Paper vs ours")):
             table = by_name.get(name, pd.DataFrame())
             key = "entry" if name == "leaderboard" else "label"
             if not table.empty and key in table.columns:

@@ -145,7 +145,7 @@ def test_efgsm_memory_accumulates_across_epochs(digits):
 
 def test_efgsm_examples_stay_in_the_ball_and_the_box(digits):
     model = tiny(digits)
-    trainer = build_trainer("efgsm-rec", {"eps": 0.1})
+    trainer = build_trainer("efgsm-rec", {"eps": 0.1, "project": True, "candidates": "all"})
     trainer.setup(model, digits, torch.device("cpu"), torch.Generator().manual_seed(0))
     x, y = digits.x_train[:64], digits.y_train[:64]
     ctx = context(index=torch.arange(64))
@@ -164,6 +164,52 @@ def test_efgsm_reconstruction_loss_reaches_the_reconstructor(digits):
     out.loss.backward()
     assert all(p.grad is not None for p in trainer.aux["reconstructor"].parameters())
     assert all(p.grad is not None for p in model.parameters())
+
+
+def _efgsm_from_a_gamma_corner(digits, **hparams):
+    """eFGSM (sigma eps/2 unless ``hparams`` say otherwise) on 256 grey images (no box clipping at
+    eps 0.1) under a random linear classifier,
+    with Gamma set to a random sign pattern (a later epoch's start at the corner sign(Gamma) eps):
+    (x, x_adv, the labels, Gamma's signs, the classifier)."""
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+    with torch.no_grad():
+        model[1].weight.copy_(0.1 * torch.randn(10, 64, generator=g))
+        model[1].bias.zero_()
+    trainer = build_trainer("efgsm-rec", {"eps": 0.1, "sigma": 0.05, "candidates": "all", **hparams})
+    trainer.setup(model, digits, torch.device("cpu"), g)
+    x = torch.full((256, 1, 8, 8), 0.5)
+    y = model(x).argmax(1)
+    signs = 2 * torch.randint(0, 2, x.shape, generator=g).float() - 1
+    trainer.gamma[:256] = signs
+    x_adv = trainer.efgsm(model, x, y, BatchContext(2, torch.Generator().manual_seed(1), PassCounter(), torch.arange(256)))
+    return x, x_adv, y, signs, model
+
+
+def test_efgsm_projection_cuts_the_correction_short_of_the_boundary(digits):
+    """Issue 23, cause 1: from the corner start (most pixels already at +-eps), projecting the
+    corrected point into the eps-ball removes the correction on every pixel where it points the
+    way the start already went. Under a linear classifier, where eq. 12's step lands exactly on the
+    boundary, no projected example is misclassified; the paper's box-only clip (project: false)
+    reaches the boundary and beyond it on more than a third."""
+    x, projected, y, _, model = _efgsm_from_a_gamma_corner(digits, project=True)
+    assert float((projected - x).abs().max()) <= 0.1 + 1e-6
+    assert float((model(projected).argmax(1) != y).float().mean()) == 0.0
+    x, clipped, y, _, model = _efgsm_from_a_gamma_corner(digits, project=False)
+    assert float((clipped - x).abs().max()) > 0.1
+    assert float((model(clipped).argmax(1) != y).float().mean()) > 1 / 3
+
+
+@pytest.mark.parametrize("project", [True, False])
+@pytest.mark.parametrize("sigma,share", [(0.05, 0.85), (0.1, 0.75)])
+def test_efgsm_memory_reproduces_its_own_signs(digits, project, sigma, share):
+    """Issue 23, cause 2: eq. 13 stores sign(x_adv - x), and x_adv starts at sign(Gamma) eps with a
+    correction smaller than eps, so the stored sign is Gamma's own on about 90% of the pixels at
+    sigma eps/2 (about 80% at sigma eps, the default), whatever the classifier: the memory keeps
+    the direction it first took (in epoch 1 with gamma_init zero: the sign of the Gaussian noise)
+    instead of following the gradient."""
+    x, x_adv, _, signs, _ = _efgsm_from_a_gamma_corner(digits, project=project, sigma=sigma)
+    assert float(((x_adv - x).sign() == signs).float().mean()) > share
 
 
 # -- early stop (Fast-AT, eFGSM) ----------------------------------------------------------------------
@@ -205,6 +251,22 @@ def test_fast_at_best_reference_catches_a_gradual_collapse(digits, monkeypatch):
         assert result.epochs[-1].epoch == stopped_at and result.kept_epoch == kept
         if kept is not None:
             assert all(torch.equal(v, saved[kept][k]) for k, v in result.model.state_dict().items())
+
+
+def test_the_collapse_probe_minibatch_spans_the_classes_of_a_sorted_split():
+    """Issue 23, cause 3: mnist5k's training split is sorted by class, so the probe's former
+    minibatch, the split's first 50 examples, held zeros only (whose robustness hid Fast-AT's
+    collapse: probe 0.68 on them, 0.16-0.18 on the ones at 400-500). The default draws a fixed
+    minibatch by a seed-0 permutation (the reference code's shuffled first minibatch)."""
+    from defenses.fast_at import probe_indices
+
+    labels = torch.arange(10).repeat_interleave(400)   # class-sorted, as mnist5k's training split
+    assert labels[probe_indices(4000, 50, "first")].unique().tolist() == [0]
+    chosen = probe_indices(4000, 50, "random")
+    assert torch.equal(chosen, probe_indices(4000, 50, "random"))  # the same minibatch every epoch
+    assert len(labels[chosen].unique()) >= 8
+    assert build_trainer("fast-at", {}).params.probe_sample == "random"
+    assert build_trainer("efgsm-rec", {}).params.probe_sample == "random"
 
 
 def test_fast_at_steps_from_a_random_start_with_alpha(digits):

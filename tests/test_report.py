@@ -43,7 +43,7 @@ surrogates:
   surrogate: {{defense: standard, seed: 1}}
 """
 TABLES = ("headline", "leaderboard", "paired", "paired-long", "results", "attacks", "minimum-norm", "strength", "fgs",
-          "transfer", "training", "environment")
+          "transfer", "training", "environment", "paper-claims")
 
 
 @pytest.fixture(scope="module")
