@@ -420,21 +420,25 @@ def worst_case_rows(rows: list[dict[str, Any]], clean_pred: torch.Tensor, y: tor
                              "pred": first["pred"] if first else int(clean), "success_step": None,
                              "x_l2": members[0][0]["examples"][i]["x_l2"] if members else None})
         ids = [row["attack_id"] for row, _ in members]
-        fooled_l2 = [e["l2"] for e in examples if e["success"] and e["clean_correct"]]
-        n_correct = sum(e["clean_correct"] for e in examples)
         out.append({"attack_id": f"worst-case-{norm}-{eps:g}", "attack": "worst-case",
                     "attack_key": canonical_hash({"worst-case": [row["attack_key"] for row, _ in members]}),
                     "config": {"name": "worst-case", "norm": norm, "eps": eps, "members": ids},
-                    "threat": "worst-case", "norm": norm, "eps": eps, "source_checkpoint_id": None,
-                    "n_examples": len(examples),
-                    "robust_accuracy": sum(e["adv_correct"] for e in examples) / max(len(examples), 1),
-                    "success_rate": (sum(e["success"] for e in examples if e["clean_correct"]) / n_correct
-                                     if n_correct else 0.0),
-                    "mean_l2": statistics.fmean(fooled_l2) if fooled_l2 else None,
-                    "median_l2": statistics.median(fooled_l2) if fooled_l2 else None,
-                    "forward_passes": 0, "backward_passes": 0, "seconds": 0.0, "grid_of": None,
-                    "examples": examples})
+                    "threat": "worst-case", "norm": norm, "eps": eps, **_derived_row_fields(examples)})
     return out
+
+
+def _derived_row_fields(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The aggregates of a row derived from other rows (a worst case): computed from its
+    examples; it ran no attack, so it spent no passes and no time."""
+    fooled_l2 = [e["l2"] for e in examples if e["success"] and e["clean_correct"]]
+    n_correct = sum(e["clean_correct"] for e in examples)
+    return {"source_checkpoint_id": None, "n_examples": len(examples),
+            "robust_accuracy": sum(e["adv_correct"] for e in examples) / max(len(examples), 1),
+            "success_rate": (sum(e["success"] for e in examples if e["clean_correct"]) / n_correct
+                             if n_correct else 0.0),
+            "mean_l2": statistics.fmean(fooled_l2) if fooled_l2 else None,
+            "median_l2": statistics.median(fooled_l2) if fooled_l2 else None,
+            "forward_passes": 0, "backward_passes": 0, "seconds": 0.0, "grid_of": None, "examples": examples}
 
 
 MINIMUM_NORM_WORST_CASE = PseudoAttack.MINIMUM_NORM_WORST_CASE.value
@@ -471,20 +475,9 @@ def minimum_norm_worst_case_rows(rows: list[dict[str, Any]], clean_pred: torch.T
                              "l2": smallest["l2"] if smallest else 0.0, "linf": smallest["linf"] if smallest else 0.0,
                              "pred": smallest["pred"] if smallest else int(clean), "success_step": None,
                              "x_l2": members[0]["examples"][i]["x_l2"]})
-        fooled_l2 = [e["l2"] for e in examples if e["success"] and e["clean_correct"]]
-        n_correct = sum(e["clean_correct"] for e in examples)
         ids = [row["attack_id"] for row in members]
         out.append({"attack_id": f"minimum-norm-{norm}", "attack": MINIMUM_NORM_WORST_CASE,
                     "attack_key": canonical_hash({MINIMUM_NORM_WORST_CASE: [row["attack_key"] for row in members]}),
                     "config": {"name": MINIMUM_NORM_WORST_CASE, "threat_norm": norm, "members": ids},
-                    "threat": "worst-case", "norm": norm, "eps": None, "source_checkpoint_id": None,
-                    "n_examples": len(examples),
-                    "robust_accuracy": sum(e["adv_correct"] for e in examples) / max(len(examples), 1),
-                    "success_rate": (sum(e["success"] for e in examples if e["clean_correct"]) / n_correct
-                                     if n_correct else 0.0),
-                    "mean_l2": statistics.fmean(fooled_l2) if fooled_l2 else None,
-                    "median_l2": statistics.median(fooled_l2) if fooled_l2 else None,
-                    "forward_passes": sum(row["forward_passes"] for row in members),
-                    "backward_passes": sum(row["backward_passes"] for row in members),
-                    "seconds": sum(row["seconds"] for row in members), "grid_of": None, "examples": examples})
+                    "threat": "worst-case", "norm": norm, "eps": None, **_derived_row_fields(examples)})
     return out
