@@ -1,4 +1,4 @@
-"""The attack contract (DESIGN.md, "Contracts"): ``attack(model, x, y) -> AttackResult``.
+"""The attack contract (docs/design.md, "Contracts"): ``attack(model, x, y) -> AttackResult``.
 
 The base class's ``__call__`` does the shared bookkeeping, foolbox-3 style: input checks, eval
 mode (restored afterwards), seeding, the final check that ``x_adv`` is in [0, 1] and inside the

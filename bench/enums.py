@@ -1,4 +1,6 @@
-"""Closed vocabularies (RobustBench style): norms and devices."""
+"""Closed vocabularies (RobustBench style): threat-model norms, and the rows the evaluator derives from
+other rows (pseudo-attacks). There is no device vocabulary here: ``--device`` takes auto, cpu, cuda or cuda:N
+(``bench/cli.py``)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Adversarial training baselines (DEFENSE_SPECS sec. 1.1):
+"""Adversarial training baselines (docs/defense-specs.md sec. 1.1):
 
 - ``fgsm-at``: Goodfellow et al. 2015, eq. 6: alpha CE(f(x), y) + (1 - alpha) CE(f(x + eps sign(g)), y).
 - ``pgd-at``: Madry et al. 2018, eq. 2.1: CE(f(x_adv), y) with x_adv from PGD with random start,

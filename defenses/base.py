@@ -1,4 +1,4 @@
-"""The defense contract (DESIGN.md): ``fit(model, data, seed, callbacks) -> TrainResult``.
+"""The defense contract (docs/design.md): ``fit(model, data, seed, callbacks) -> TrainResult``.
 
 ``Trainer.fit`` owns the shared loop: seeded shuffling with a ``torch.Generator``, the optimizer
 and its learning-rate schedule, per-epoch timing, pass counting, test accuracy, NaN/inf detection,
@@ -58,7 +58,7 @@ def frozen_parameters(module: nn.Module) -> Iterator[None]:
 class AugmentParams:
     """Train-time augmentation (``bench.datasets.loader.Augment``): ``pad_crop`` pixels of padding
     then a random crop back to size, ``pad_mode`` zero (He et al. 2016's CIFAR recipe) or reflect
-    (PGN's 4-pixel reflect-pad shift, DEFENSE_SPECS 5.4), and a random horizontal flip."""
+    (PGN's 4-pixel reflect-pad shift, docs/defense-specs.md sec. 5.4), and a random horizontal flip."""
 
     pad_crop: NonNegativeInt = 0
     hflip: Flag = False
@@ -83,7 +83,7 @@ class CommonHParams:
     the epochs, e.g. [0.8] halves the rate for the last fifth with ``lr_gamma`` 0.5, as Deep Defense
     fine-tunes; Madry's CIFAR decays at 40k and 60k of 80k iterations are [0.5, 0.75]); ``cosine``
     (``CosineAnnealingLR`` from lr to 0); ``onecycle`` (``OneCycleLR``, linear, peak lr at 2/5).
-    ``nesterov``: SGD with Nesterov momentum (the WRN plain nets of L2L, DEFENSE_SPECS 4.5).
+    ``nesterov``: SGD with Nesterov momentum (the WRN plain nets of L2L, docs/defense-specs.md sec. 4.5).
     ``augment``: train-time augmentation (``AugmentParams``); none by default and for MNIST."""
 
     epochs: PositiveInt = 20

@@ -1,4 +1,4 @@
-"""Deep Defense (Yan, Guo & Zhang, NeurIPS 2018, eq. 4-6; DEFENSE_SPECS sec. 3).
+"""Deep Defense (Yan, Guo & Zhang, NeurIPS 2018, eq. 4-6; docs/defense-specs.md sec. 3).
 
 Fine-tunes a trained classifier with a regularizer built on an unrolled, differentiable DeepFool:
 
@@ -55,7 +55,7 @@ class DeepFoolUnroll:
 
 def unrolled_deepfool(model: nn.Module, x: torch.Tensor, y: torch.Tensor, max_iter: int, overshoot: float,
                       norm_eps: float) -> DeepFoolUnroll:
-    """Differentiable DeepFool-L2 (DEFENSE_SPECS sec. 3.2) for a whole batch, T and F together.
+    """Differentiable DeepFool-L2 (docs/defense-specs.md sec. 3.2) for a whole batch, T and F together.
 
     Per iteration, on the still-active examples only: w_k = J_k - J_s, a_k = z_k - z_s with s the
     source class (the label for T, the current prediction for F); score_k = |a_k| / ||w_k + e||;

@@ -1,4 +1,4 @@
-"""Enhanced FGSM with a re-constructor (Chen & Lee, ACCV 2020, eq. 11-16; DEFENSE_SPECS sec. 6).
+"""Enhanced FGSM with a re-constructor (Chen & Lee, ACCV 2020, eq. 11-16; docs/defense-specs.md sec. 6).
 
 eFGSM, per minibatch with dataset indices I and a per-sample memory Gamma (zero at the start):
 
@@ -7,7 +7,7 @@ eFGSM, per minibatch with dataset indices I and a per-sample memory Gamma (zero 
 2. linearized correction (eq. 12, DeepFool-Linf toward the nearest boundary): with t the label,
    Delta_i = |Z_t - Z_i| / ||grad Z_t - grad Z_i||_1, i* = argmin_{i != t} Delta_i,
    x_adv = clip(x_e + Delta_{i*} sign(grad Z_{i*} - grad Z_t), 0, 1): the paper clips to the box
-   only. ``project: true`` also projects into the eps-ball around x (DEFENSE_SPECS 6.2's
+   only. ``project: true`` also projects into the eps-ball around x (docs/defense-specs.md sec. 6.2's
    recommended deviation); issue 23 measured that it cuts the correction off wherever it points
    the way the start sign(Gamma) eps already went, so the examples stop being adversarial (99.7%
    training accuracy on them, APGD-CE 0.0%): the default is the paper's box-only clip.

@@ -1,5 +1,5 @@
-"""Exponential moving average of network weights (seed 000 sec. 4: decay 0.998 over every weight
-of the classifier and the generator, after every step; DEFENSE_SPECS sec. 5.2 step 7)."""
+"""Exponential moving average of network weights (seed 000 appendix A: decay 0.998 over every weight
+of the classifier and the generator, after every step; docs/defense-specs.md sec. 5.2 step 7)."""
 
 from __future__ import annotations
 

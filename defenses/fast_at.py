@@ -1,4 +1,4 @@
-"""Fast adversarial training (Wong, Rice & Kolter, ICLR 2020; DEFENSE_SPECS sec. 7).
+"""Fast adversarial training (Wong, Rice & Kolter, ICLR 2020; docs/defense-specs.md sec. 7).
 
 FGSM from a uniform random start: delta ~ U(-eps, eps) (x + delta clipped to [0, 1]), one step of
 size alpha (1.25 eps by default) along sign(grad), projection onto the eps-ball and the box, then

@@ -1,4 +1,4 @@
-"""Free adversarial training (Shafahi et al., NeurIPS 2019, Algorithm 1; DEFENSE_SPECS sec. 7).
+"""Free adversarial training (Shafahi et al., NeurIPS 2019, Algorithm 1; docs/defense-specs.md sec. 7).
 
 Each minibatch is replayed ``replays`` (m) times. Every replay does one forward and one backward on
 x + delta that yield both the parameter gradient (one optimizer step) and the input gradient, which

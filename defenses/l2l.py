@@ -1,4 +1,4 @@
-"""Learning to defend by learning to attack (seed 003, Algorithm 2; DEFENSE_SPECS sec. 4).
+"""Learning to defend by learning to attack (seed 003, Algorithm 2; docs/defense-specs.md sec. 4).
 
     min_theta mean CE(f(x + g(A(x, y, theta); phi*)), y),  phi* = argmax_phi of the same loss,
     g in the Linf ball of radius eps through eps tanh(.)

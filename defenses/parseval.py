@@ -1,4 +1,4 @@
-"""Parseval networks (Cisse et al., ICML 2017, sec. 3.2; DEFENSE_SPECS sec. 7).
+"""Parseval networks (Cisse et al., ICML 2017, sec. 3.2; docs/defense-specs.md sec. 7).
 
 After every optimizer step each weight matrix W (convolution kernels unfolded to
 (out, in * k * k)) is retracted toward the manifold of Parseval tight frames (W W^T = I):

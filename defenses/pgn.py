@@ -1,4 +1,4 @@
-"""Adversarial training with a perturbation generator network (seed 000; DEFENSE_SPECS sec. 5).
+"""Adversarial training with a perturbation generator network (seed 000; docs/defense-specs.md sec. 5).
 
     min_theta max_phi  E[ CE(F(x_adv), y) - c_L ||x_adv - x||_2^2 ],
     x_adv = (tanh(atanh(0.999999 (2x - 1)) + G(y, g, 2x - 1)) + 1) / 2,  g = d mean_b F(x)_y / dx
@@ -42,7 +42,7 @@ class PGNParams:
     #: 50 in the paper's tables, 70 in the code).
     c_L: NonNegativeReal = 50.0
     #: Detach the gradient image (no second-order path into the classifier update); the official
-    #: code keeps the path (DEFENSE_SPECS sec. 9, item 11).
+    #: code keeps the path (docs/defense-specs.md sec. 9, item 11).
     detach_grad_image: Flag = False
     #: EMA decay of both networks' weights, in [0, 1).
     ema_decay: Annotated[float, PlainValidator(number(ge=0, lt=1))] = 0.998

@@ -1,4 +1,4 @@
-"""Robust optimization adversarial training (Shaham, Yamada & Negahban, seed 004; DEFENSE_SPECS sec. 2).
+"""Robust optimization adversarial training (Shaham, Yamada & Negahban, seed 004; docs/defense-specs.md sec. 2).
 
 min_theta sum_i max_{x~ in U_i} J(theta, x~, y_i), the inner max approximated by one steepest-ascent
 step on the first-order Taylor model (eq. 11, Algorithm 1):

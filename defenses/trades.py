@@ -1,4 +1,4 @@
-"""TRADES (Zhang et al., ICML 2019, eq. 5; DEFENSE_SPECS sec. 7):
+"""TRADES (Zhang et al., ICML 2019, eq. 5; docs/defense-specs.md sec. 7):
 
     min_theta  CE(f(x), y) + beta * KL(f(x) || f(x'))     (KL summed, divided by the batch size)
 

@@ -1,4 +1,4 @@
-"""Benign-accuracy matching (seed 000 sec. 4.2; DESIGN.md, "Metrics").
+"""Benign-accuracy matching (seed 000 sec. 4.2; docs/design.md, "Metrics").
 
 Defenses trade benign accuracy for robustness, so a leaderboard compares them at one target
 benign accuracy (default: the standard model's). Each defense contributes (benign accuracy,

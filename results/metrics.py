@@ -1,4 +1,4 @@
-"""Metrics from stored per-example rows (DESIGN.md, "Metrics"). Pure functions of pandas frames
+"""Metrics from stored per-example rows (docs/design.md, "Metrics"). Pure functions of pandas frames
 with the ``example_results`` columns; nothing here touches a model.
 
 - robust accuracy with a 95% Wilson score interval (Wilson 1927);

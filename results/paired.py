@@ -1,4 +1,4 @@
-"""Paired comparisons of two entries on the same images (DESIGN.md, "Metrics").
+"""Paired comparisons of two entries on the same images (docs/design.md, "Metrics").
 
 Every evaluation of a protocol attacks the same eval subset, and each per-example outcome is
 stored, so two checkpoints' robust accuracies are compared on paired data:

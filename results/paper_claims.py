@@ -1,5 +1,5 @@
 """Paper vs ours: each seed defense's headline claim (``paper_claims.yaml``, copied from
-DEFENSE_SPECS' headline tables) beside the same metric measured on our final checkpoints.
+docs/defense-specs.md's headline tables) beside the same metric measured on our final checkpoints.
 
 Papers and advarena differ in data, network and attack, so absolute numbers are not comparable;
 the ratio to the paper's own comparator is. Each row therefore gives the paper's value and its

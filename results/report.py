@@ -1,4 +1,4 @@
-"""``advarena report``: a static leaderboard site from the store (DESIGN.md, "Data flow").
+"""``advarena report``: a static leaderboard site from the store (docs/design.md, "Data flow").
 
 Writes, under the output folder:
 - ``index.html`` and ``report.md``: the ranking under the strongest threat model's worst case,

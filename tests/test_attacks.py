@@ -1,4 +1,4 @@
-"""Table-driven over the attack registry: the contract of DESIGN.md holds for every attack."""
+"""Table-driven over the attack registry: the contract of docs/design.md holds for every attack."""
 
 import pytest
 import torch

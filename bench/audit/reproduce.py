@@ -1,4 +1,4 @@
-"""Reproducibility audit of a stored checkpoint (DESIGN.md, "Audits").
+"""Reproducibility audit of a stored checkpoint (docs/design.md, "Audits").
 
 Re-hash the weights (a mismatch stops the audit: nothing is loaded), reload, re-run benign accuracy
 and the chosen stored attacks with the stored protocol, seeds and eval subset, and compare: on CPU

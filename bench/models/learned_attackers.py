@@ -1,10 +1,10 @@
 """Attacker networks trained beside a classifier, and how each one makes an adversarial image.
 
 - ``pgn-generator``: the perturbation generator G(y, grad, x) of seed 000 (appendix A,
-  DEFENSE_SPECS sec. 5.2-5.3): dense layers from the one-hot label, two stride-2 up-convolutions
+  docs/defense-specs.md sec. 5.2-5.3): dense layers from the one-hot label, two stride-2 up-convolutions
   with the label tiled in, concatenation with the gradient image and 2x - 1, a linear 3x3 conv;
   the adversarial image is x_adv = (tanh(atanh(0.999999 (2x - 1)) + G) + 1) / 2 (always in [0, 1]).
-- ``l2l-attacker``: the learning-to-learn attacker g of seed 003 (Table 1, DEFENSE_SPECS sec. 4.2,
+- ``l2l-attacker``: the learning-to-learn attacker g of seed 003 (Table 1, docs/defense-specs.md sec. 4.2,
   4.4): ``slim`` (stride-2 stem, two SN-GAN ResBlocks, a 4x4 up-convolution, a skip concatenation
   with the input, eps tanh(s out) with a learnable s = 5) or ``wide`` (four ResBlocks at full
   resolution, eps tanh(out)); ``naive`` sees x, ``grad`` sees [x, grad / max|grad|].
@@ -179,7 +179,7 @@ def normalized_loss_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tensor)
 
 
 def l2l_adversarial(attacker: L2LAttacker, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x_adv of seed 003 (DEFENSE_SPECS sec. 4.2). naive: clamp(x + g(x)); grad: clamp(x + g([x, u]));
+    """x_adv of seed 003 (docs/defense-specs.md sec. 4.2). naive: clamp(x + g(x)); grad: clamp(x + g([x, u]));
     2step: delta0 = g([x, u(x)]), x1 = clamp(x + delta0), delta = clamp(delta0 + g([x1, u(x1)]), -eps, eps),
     x_adv = clamp(x + delta). Differentiable w.r.t. the attacker (x1 is not detached; u is)."""
     if not attacker.uses_gradient:

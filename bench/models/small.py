@@ -37,7 +37,7 @@ def mnist_cnn(input_shape: Sequence[int], num_classes: int, mean: Sequence[float
 @register_model("efgsm-mnist", paper="seed 001 sec. 4.1 (DEFENSE_SPECS 6.4)", family="mnist")
 def efgsm_mnist(input_shape: Sequence[int], num_classes: int, mean: Sequence[float],
                 std: Sequence[float]) -> nn.Module:
-    """Chen & Lee's "small CNN, ~0.2M params" for MNIST, in DEFENSE_SPECS 6.4's reading [I]:
+    """Chen & Lee's "small CNN, ~0.2M params" for MNIST, in docs/defense-specs.md sec. 6.4's reading [I]:
     conv3x3 32, conv3x3 32, maxpool2, conv3x3 64, conv3x3 64, maxpool2 (valid padding), FC 128, FC."""
     channels = input_shape[0]
     features = nn.Sequential(Normalize(mean, std), nn.Conv2d(channels, 32, 3), nn.ReLU(), nn.Conv2d(32, 32, 3),
