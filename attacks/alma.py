@@ -1,4 +1,4 @@
-"""Augmented Lagrangian Method for Adversarial attacks, ALMA (Rony et al., CVPR 2021, Alg. 1), L2.
+"""Augmented Lagrangian Method for Adversarial attacks, ALMA (Rony et al., ICCV 2021, Alg. 1), L2.
 
     minimize  ||delta||_2 + P2(c(x + delta), rho, mu)        c = difference-of-logits ratio
 
@@ -10,7 +10,8 @@ tolerance), the P2 penalty-Lagrangian of Birgin et al. (eq. 9 of the paper):
 
 the multiplier mu an exponential moving average (weight ``alpha``) of dP2/dy, the penalty rho
 multiplied by ``gamma`` every ``check_steps`` steps in which the constraint neither was met nor
-improved by the factor ``tau``, and delta updated by RMSProp with momentum at a learning rate held
+improved by the factor ``tau``, and delta updated by RMSProp with momentum (their averaging weights
+``alpha_rms`` and ``momentum``, both ``alpha`` unless set, as in the authors' code) at a learning rate held
 until the first adversarial point is found and then decayed exponentially to
 ``lr_init * lr_reduction`` at the last step. With ``init_lr_distance`` the first step's learning
 rate is found per example by bisection so that it moves delta by that distance (the paper's epsilon).
@@ -69,6 +70,7 @@ class AugmentedLagrangian(MinimumNormAttack):
     def __init__(self, steps: int = 100, lr_init: float = 0.1, lr_reduction: float = 0.01,
                  init_lr_distance: float | None = None, mu_init: float = 1.0, rho_init: float = 1.0,
                  check_steps: int = 10, tau: float = 0.95, gamma: float = 1.2, alpha: float = 0.9,
+                 alpha_rms: float | None = None, momentum: float | None = None,
                  targeted: str | None = None, seed: int = 0) -> None:
         super().__init__("l2", steps, seed, targeted)
         if not (lr_init > 0 and 0 < lr_reduction <= 1 and mu_init > 0 and rho_init > 0 and check_steps >= 1
@@ -82,11 +84,18 @@ class AugmentedLagrangian(MinimumNormAttack):
         self.lr_init, self.lr_reduction, self.init_lr_distance = float(lr_init), float(lr_reduction), init_lr_distance
         self.mu_init, self.rho_init, self.check_steps = float(mu_init), float(rho_init), int(check_steps)
         self.tau, self.gamma, self.alpha = float(tau), float(gamma), float(alpha)
+        for label, value in (("alpha_rms", alpha_rms), ("momentum", momentum)):
+            if value is not None and not 0 < value < 1:
+                raise ConfigError(f"alma: need 0 < {label} < 1 or None (= alpha), got {value}")
+        self.alpha_rms, self.momentum = alpha_rms, momentum
 
     def config(self) -> dict[str, Any]:
         return {**super().config(), "lr_init": self.lr_init, "lr_reduction": self.lr_reduction,
                 "init_lr_distance": self.init_lr_distance, "mu_init": self.mu_init, "rho_init": self.rho_init,
-                "check_steps": self.check_steps, "tau": self.tau, "gamma": self.gamma, "alpha": self.alpha}
+                "check_steps": self.check_steps, "tau": self.tau, "gamma": self.gamma, "alpha": self.alpha,
+                # only when set: configurations from before these two existed keep their content keys
+                **{k: float(v) for k, v in (("alpha_rms", self.alpha_rms), ("momentum", self.momentum))
+                   if v is not None}}
 
     def search(self, model: nn.Module, x: torch.Tensor, goal: torch.Tensor, targeted: bool,
                best: BestPoints, generator: torch.Generator, counter: PassCounter) -> torch.Tensor:
@@ -96,6 +105,8 @@ class AugmentedLagrangian(MinimumNormAttack):
         full = lambda value: torch.full((n,), value, device=x.device, dtype=x.dtype)  # noqa: E731
         lr, mu, rho = full(self.lr_init), full(self.mu_init), full(self.rho_init)
         found_at = full(float(self.steps + 1))
+        rms_weight = self.alpha if self.alpha_rms is None else self.alpha_rms
+        momentum_weight = self.alpha if self.momentum is None else self.momentum
         previous = None
         for step in range(self.steps):
             point = (x + delta).detach().requires_grad_(True)
@@ -122,18 +133,13 @@ class AugmentedLagrangian(MinimumNormAttack):
             record_first_gradient(counter, grad)   # the first step's: the model's alone, scaled
             if step == 0 and self.init_lr_distance is not None:
                 grad = torch.where(per_example(grad.flatten(1).norm(dim=1) <= 1e-6, x.ndim),
-                                   self.random_unit(grad, generator), grad)
+                                   self.unit_step(grad, x, generator, box_mask=False), grad)
                 lr = self.first_step_lr(x, grad, self.init_lr_distance)
             decay = self.lr_reduction ** ((step - found_at).clamp(min=0) / (self.steps - found_at))
-            square_avg = self.alpha * square_avg + (1 - self.alpha) * grad * grad
-            momentum = self.alpha * momentum + grad / (square_avg.sqrt() + 1e-8)
+            square_avg = rms_weight * square_avg + (1 - rms_weight) * grad * grad
+            momentum = momentum_weight * momentum + grad / (square_avg.sqrt() + 1e-8)
             delta = (x + delta - per_example(lr * decay, x.ndim) * momentum).clamp(0, 1) - x
         return x + delta
-
-    @staticmethod
-    def random_unit(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-        return noise / per_example(noise.flatten(1).norm(dim=1).clamp_min(1e-12), like.ndim)
 
     @staticmethod
     def first_step_lr(x: torch.Tensor, grad: torch.Tensor, distance: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ from attacks.registry import ATTACKS, register_attack
 from bench.errors import ConfigError
 
 
-@register_attack("transfer", kind="black-box", source="surrogate", paper="Papernot et al. 2017; seed 003 sec. 4")
+@register_attack("transfer", kind="black-box", source="surrogate", paper="Papernot et al. 2017; seed 003 sec. 3.1, Tables 3, 6, 7")
 class Transfer(Attack):
     """Run ``base`` white-box on ``source_model`` and hand its x_adv to the target unchanged.
 

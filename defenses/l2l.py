@@ -145,7 +145,7 @@ class GradientL2L(_LearningToLearn):
     variant = "grad"
 
 
-@register_defense("l2l-2step", strength="eps", paper="seed 003 sec. 3.3 (2-step attacker)", aux=("attacker",))
+@register_defense("l2l-2step", strength="eps", paper="seed 003 sec. 2.2 (2-step attacker)", aux=("attacker",))
 class TwoStepL2L(_LearningToLearn):
     """Learning-to-learn with the attacker applied twice (a length-2 recurrent attack)."""
 

@@ -34,7 +34,7 @@ def mnist_cnn(input_shape: Sequence[int], num_classes: int, mean: Sequence[float
                          nn.Linear(200, num_classes))
 
 
-@register_model("efgsm-mnist", paper="seed 001 sec. 4.1 (DEFENSE_SPECS 6.4)", family="mnist")
+@register_model("efgsm-mnist", paper="seed 001 sec. 3.4 (docs/defense-specs.md sec. 6.4)", family="mnist")
 def efgsm_mnist(input_shape: Sequence[int], num_classes: int, mean: Sequence[float],
                 std: Sequence[float]) -> nn.Module:
     """Chen & Lee's "small CNN, ~0.2M params" for MNIST, in docs/defense-specs.md sec. 6.4's reading [I]:
@@ -102,7 +102,7 @@ def convpool_cnn(input_shape: Sequence[int], num_classes: int, mean: Sequence[fl
     return nn.Sequential(*layers)
 
 
-@register_model("dd-cifar-convnet", paper="seed 002 (matconvnet CIFAR ConvNet, DEFENSE_SPECS 3.4)", family="cifar")
+@register_model("dd-cifar-convnet", paper="seed 002 (matconvnet CIFAR ConvNet, docs/defense-specs.md sec. 3.4)", family="cifar")
 def dd_cifar_convnet(input_shape: Sequence[int], num_classes: int, mean: Sequence[float],
                      std: Sequence[float]) -> nn.Module:
     """Deep Defense's CIFAR ConvNet: conv5x5x32 (pad 2)-maxpool2-ReLU, conv5x5x32 (pad 2)-ReLU-avgpool2,
