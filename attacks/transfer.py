@@ -25,7 +25,8 @@ class Transfer(Attack):
                  base_params: dict[str, Any] | None = None) -> None:
         if base == "transfer":
             raise ConfigError("transfer: the base attack cannot itself be a transfer")
-        self.base: Attack = ATTACKS.create(base, **(base_params or {}))
+        # crafted to the end on the source: a point frozen at its first success there rarely transfers
+        self.base: Attack = ATTACKS.create(base, **(base_params or {})).for_transfer()
         super().__init__(self.base.seed)
         self.norm, self.eps = self.base.norm, self.base.eps
         self.source_model, self.source_id = source_model, source_id

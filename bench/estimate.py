@@ -135,10 +135,11 @@ def probe_passes(arch: str, params: dict[str, Any], shape: tuple[int, ...], clas
 def attack_budget(spec: AttackSpec, classes: int) -> tuple[float, float]:
     """(forward, backward) passes per image an attack may spend at most, from its parameters."""
     p, name = spec.params, spec.attack
-    if name == "transfer":
-        forward, backward = attack_budget(AttackSpec(id="base", attack=p["base"], params=p.get("base_params", {})),
-                                          classes)
-        return forward + 1, backward  # crafted on the surrogate, then one forward on the target
+    if name == "transfer":   # crafted on the surrogate as ``for_transfer`` runs it, then a forward on the target
+        crafting = ATTACKS.create(p["base"], **p.get("base_params", {})).for_transfer().pass_counts()
+        forward, backward = crafting if crafting is not None else attack_budget(
+            AttackSpec(id="base", attack=p["base"], params=p.get("base_params", {})), classes)
+        return forward + 1, backward
     if spec.source is None:
         declared = ATTACKS.create(name, **p).pass_counts()   # the attack's own bound, where it has one
         if declared is not None:

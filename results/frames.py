@@ -9,6 +9,7 @@ Three frames, for one protocol (its newest stored version):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 from sqlalchemy import func, select
@@ -117,3 +118,9 @@ def _sweep_value(sweep: object) -> float | None:
         value = next(iter(sweep.values()))
         return float(value) if isinstance(value, (int, float)) else None
     return None
+
+
+def white_box_config(transfer_config: dict[str, Any]) -> dict[str, Any]:
+    """The stored configuration of a transfer attack's base attack run as itself, white-box: the
+    transfer's base config less the crafting flag (``run_all_steps``) that ``for_transfer`` adds."""
+    return {k: v for k, v in (transfer_config.get("base") or {}).items() if k != "run_all_steps"}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from bench.enums import PseudoAttack
-from results.frames import StoreFrames, examples_by_row
+from results.frames import StoreFrames, examples_by_row, white_box_config
 from results.leaderboard import CURVE_ONLY_ATTACKS, audit_badges
 from results.matching import NOT_REACHABLE, Point, match
 from results.metrics import attack_metrics, fgs_accuracies, fgs_eps_ref, mean_and_std
@@ -155,7 +155,7 @@ def attack_table(frames: StoreFrames) -> pd.DataFrame:
         transfers = own[own.threat == "black-box"]
         for attack in own[own.threat == "white-box"].itertuples():
             metrics = attack_metrics(by_row[attack.id]) if attack.id in by_row else None
-            bbox = transfers[transfers.config.map(lambda t: t.get("base") == attack.config).astype(bool)]
+            bbox = transfers[transfers.config.map(lambda t: white_box_config(t) == attack.config).astype(bool)]
             rows.append({"label": checkpoint.label, "attack": attack.attack_id,
                          "W-box accuracy": _pct(attack.robust_accuracy) if pd.notna(attack.eps) else None,
                          "W-box 95% low": _pct(metrics.robust_low) if metrics and pd.notna(attack.eps) else None,

@@ -178,3 +178,32 @@ def test_fgs_line_matches_fgsm_at_its_grid_points(trained_mlp, digits):
     assert fooled_by_line[0.05].sum() < fooled_by_line[0.2].sum()
     refined = line.success & (line.linf > 0)
     assert bool(((line.linf[refined] * 1000) % 50 != 0).any())  # bisection moved off the grid
+
+
+@pytest.mark.parametrize("restarts", [1, 3])
+def test_a_transfer_attack_crafts_to_the_last_step_on_its_source(trained_mlp, batch, restarts):
+    """Frozen at its first success on the source, a point barely crosses the source's boundary;
+    the transfer attack runs every step instead (the white-box PGD's key is unchanged)."""
+    from attacks.gradient import gradient_ascent
+
+    x, y = batch
+    params = {"norm": "linf", "eps": 0.2, "steps": 8, "step_size": 0.05, "restarts": restarts}
+    transfer = make("transfer", params, source=trained_mlp)
+    white = ATTACKS.create("pgd", **params)
+    assert transfer.config()["base"] == {**white.config(), "run_all_steps": True}
+    result = transfer(trained_mlp, x, y)   # the source as its own target: every crafted point fools it
+    frozen = white(trained_mlp, x, y)
+    assert result.forward_passes == x.shape[0] * (params["steps"] * restarts + (restarts if restarts > 1 else 0) + 2)
+    assert result.backward_passes == x.shape[0] * params["steps"] * restarts
+    assert transfer.base.pass_counts() == (params["steps"] * restarts + (restarts if restarts > 1 else 0) + 1,
+                                           params["steps"] * restarts)
+    # run to the end, the points sit deeper in the wrong class than the first fooling iterates
+    with torch.no_grad():
+        margin = lambda points: trained_mlp(points).log_softmax(1).gather(1, y[:, None]).squeeze(1)  # noqa: E731
+        both = result.success & frozen.success
+        assert int(both.sum()) > x.shape[0] // 2
+        assert float(margin(result.x_adv)[both].mean()) < float(margin(frozen.x_adv)[both].mean()) - 1.0
+    if restarts == 1:   # the last iterate of the plain loop from the same random start
+        last = gradient_ascent(trained_mlp.eval(), x, y, hooks=white.hooks, eps=0.2, steps=8, step_size=0.05,
+                               random_start=True, generator=white.make_generator(x.device))
+        assert torch.equal(result.x_adv, last)

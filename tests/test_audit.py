@@ -149,3 +149,12 @@ def test_retrain_reproduces_a_cpu_run(stored_run, capsys):
     db = sqlite3.connect(stored_run / "advarena.db")
     assert db.execute("select kind, verdict from audits order by id").fetchall() == [
         ("reproduce", "reproduced"), ("retrain", "reproduced")]
+
+
+def test_the_environment_diff_names_machine_changes_not_the_evaluation_s_execution_record():
+    from bench.audit.reproduce import environment_diff
+
+    stored = {"torch": "2.13.0", "packages": {"numpy": "2.0"}, "execution": {"precision": "fp32", "compile": False}}
+    assert environment_diff(stored, {"torch": "2.13.0", "packages": {"numpy": "2.0"}}) == {}
+    assert environment_diff(stored, {"torch": "2.14.0", "packages": {"numpy": "2.1"}}) == {
+        "torch": ["2.13.0", "2.14.0"], "packages.numpy": ["2.0", "2.1"]}

@@ -24,9 +24,21 @@ def test_the_code_versions_and_dataset_fingerprints_are_unchanged():
     assert NOW["dataset_fingerprints"] == RECORDED["dataset_fingerprints"]
 
 
+#: Attack ids whose keys changed on purpose since the recording, in every version of a protocol:
+#: the transfer attacks now craft their points to the last step on the source (TRANSFER_CRAFTING
+#: below), so the evaluation keys that hash them changed too.
+RECRAFTED = {"quick": {"transfer-pgd40-linf-0.3"}, "full": {"transfer-pgd40-linf-0.3"}}
+
+
 @pytest.mark.parametrize("protocol", sorted(RECORDED["protocols"]))
 def test_a_shipped_protocol_hashes_as_before(protocol):
-    assert NOW["protocols"][str(BUMPED.get(protocol, protocol))] == RECORDED["protocols"][protocol]
+    now, recorded = NOW["protocols"][str(BUMPED.get(protocol, protocol))], RECORDED["protocols"][protocol]
+    changed = RECRAFTED.get(protocol, set())
+    assert {k: now[k] for k in ("content_hash", "subset")} == {k: recorded[k] for k in ("content_hash", "subset")}
+    assert set(now["attacks"]) == set(recorded["attacks"]) and changed <= set(recorded["attacks"])
+    for attack_id, key in recorded["attacks"].items():
+        assert (now["attacks"][attack_id] == key) == (attack_id not in changed), attack_id
+    assert (now["evaluation_key"] == recorded["evaluation_key"]) == (not changed)
 
 
 @pytest.mark.parametrize("protocol", sorted(BUMPED))
@@ -60,3 +72,43 @@ def test_a_shipped_suite_s_training_jobs_hash_as_before(suite):
         assert now["defenses"][label] != recorded["defenses"][label]
     assert set(now["surrogates"]) == set(recorded["surrogates"])
     assert set(now["defenses"]) - set(recorded["defenses"]) == ADDED.get(suite, set())
+
+
+#: Versions whose only change is how transfer attacks craft their points (run to the last step on
+#: the source instead of frozen at its first success there): the archived file is the version before.
+TRANSFER_CRAFTING = {"quick": "quick-v4.yaml", "full": "full-v3.yaml", "mnist-linf": "mnist-linf-v1.yaml",
+                     "cifar10-l2": "cifar10-l2-v1.yaml", "cifar10-linf": "cifar10-linf-v1.yaml",
+                     "cifar10-linf-full": "cifar10-linf-full-v1.yaml", "cifar100-linf": "cifar100-linf-v1.yaml",
+                     "svhn-linf": "svhn-linf-v1.yaml"}
+
+
+def _attack_keys(protocol) -> dict[str, tuple[str, str]]:
+    from torch import nn
+
+    from attacks import ATTACKS
+    from content_keys import ZERO_SHA
+
+    keys = {}
+    for spec, _ in protocol.expanded_attacks():
+        extra = {"source_model": nn.Identity(), "source_id": ZERO_SHA} if spec.source else {}
+        keys[spec.id] = (spec.attack, ATTACKS.create(spec.attack, **spec.params, **extra).key())
+    return keys
+
+
+@pytest.mark.parametrize("protocol", sorted(TRANSFER_CRAFTING))
+def test_the_transfer_crafting_bump_is_a_new_version_of_the_same_attacks(protocol):
+    """The archived version lists the same attacks (today's code hashes both alike); what changed is
+    the transfer attacks' crafting, which their keys carry (``run_all_steps`` in the base's config),
+    so no store's old transfer rows are read as new ones."""
+    from torch import nn
+
+    from attacks import ATTACKS
+    from bench.suite import load_protocol
+
+    archived, current = load_protocol(str(ARCHIVE / TRANSFER_CRAFTING[protocol])), load_protocol(protocol)
+    assert current.version == archived.version + 1
+    assert current.content_hash() != archived.content_hash()
+    assert _attack_keys(archived) == _attack_keys(current)
+    transfers = [(spec, ATTACKS.create(spec.attack, **spec.params, source_model=nn.Identity(), source_id="s"))
+                 for spec, _ in current.expanded_attacks() if spec.attack == "transfer"]
+    assert transfers and all(attack.config()["base"]["run_all_steps"] is True for _, attack in transfers)

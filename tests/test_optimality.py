@@ -43,3 +43,14 @@ def test_only_minimum_norm_rows_are_scored_and_bounded_points_count_towards_the_
     assert scores[("fmn", "l2")].value < 1.0         # PGD found a smaller point on the first image
     assert scores[("deepfool", "l2")].value < scores[("fmn", "l2")].value
     assert scores[("fgs-line", "linf")].value == 1.0
+
+
+def test_the_audit_flags_a_poor_minimum_norm_attack_but_not_a_curve_only_one():
+    from bench.audit.masking import attack_suboptimal
+
+    rows = [_row("deepfool", "deepfool", None, None, [3.0, 6.0, 9.0], threat_norm="l2"),
+            _row("alma", "alma", None, None, [1.0, 2.0, 3.0], threat_norm="l2"),
+            _row("pgd-linf", "pgd", 0.3, "linf", [0.01, 0.02, 0.03]),
+            _row("fgs-line", "fgs-line", None, None, [0.3, 0.3, INF], threat_norm="linf")]
+    flags = {flag.evidence.split(":")[0]: flag.flagged for flag in attack_suboptimal(rows)}
+    assert flags == {"deepfool": True, "alma": False}

@@ -67,9 +67,11 @@ class AuditReport:
 
 
 def environment_diff(stored: dict[str, Any], current: dict[str, Any]) -> dict[str, list[Any]]:
-    """Keys whose values differ (package versions flattened as ``packages.NAME``): [stored, now]."""
+    """Keys whose values differ (package versions flattened as ``packages.NAME``): [stored, now].
+    The evaluation's ``execution`` record (precision, compile) describes how it ran, not the
+    machine, and the re-run replays it: it is not compared."""
     def flat(env: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v for k, v in env.items() if k != "packages"}
+        out = {k: v for k, v in env.items() if k not in ("packages", "execution")}
         out.update({f"packages.{k}": v for k, v in (env.get("packages") or {}).items()})
         return out
 
