@@ -1,5 +1,7 @@
 """Table-driven over the attack registry: the contract of docs/design.md holds for every attack."""
 
+import copy
+
 import pytest
 import torch
 
@@ -207,3 +209,26 @@ def test_a_transfer_attack_crafts_to_the_last_step_on_its_source(trained_mlp, ba
         last = gradient_ascent(trained_mlp.eval(), x, y, hooks=white.hooks, eps=0.2, steps=8, step_size=0.05,
                                random_start=True, generator=white.make_generator(x.device))
         assert torch.equal(result.x_adv, last)
+
+
+def test_a_transfer_attack_crafts_once_per_source_batch_and_seed_state(trained_mlp, batch):
+    """Evaluations of several targets with one surrogate reuse the crafted points: the same
+    outcome, pass counts and generator state as crafting again; new weights craft anew."""
+    from attacks import transfer as transfer_module
+
+    x, y = batch
+    params = {"norm": "linf", "eps": 0.2, "steps": 6, "step_size": 0.05}
+    source = copy.deepcopy(trained_mlp)
+    first, again = make("transfer", params, source=source), make("transfer", params, source=source)
+    runs = []
+    for attack in (first, again):
+        generator = attack.make_generator(x.device)
+        runs.append((attack(trained_mlp, x, y, generator), generator.get_state()))
+    assert len(transfer_module._CRAFTED[source]) == 1
+    (one, state_one), (two, state_two) = runs
+    assert torch.equal(one.x_adv, two.x_adv) and torch.equal(state_one, state_two)
+    assert (one.forward_passes, one.backward_passes) == (two.forward_passes, two.backward_passes)
+    with torch.no_grad():
+        next(source.parameters()).mul_(0.5)   # trained further in place: crafted anew
+    third = make("transfer", params, source=source)(trained_mlp, x, y)
+    assert len(transfer_module._CRAFTED[source]) == 2 and not torch.equal(third.x_adv, one.x_adv)
