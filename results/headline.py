@@ -9,11 +9,11 @@ from __future__ import annotations
 from itertools import combinations
 
 import pandas as pd
-from scipy import stats
 
 from bench.enums import PseudoAttack
 from results.frames import StoreFrames, examples_by_row
 from results.leaderboard import audit_badges, exact_count, percent_of
+from results.metrics import wilson_interval
 from results.paired import Paired, compare
 from results.tables import MatchingOptions, final_checkpoints, matched_attack_id, table_attacks
 
@@ -32,8 +32,8 @@ def headline_attack(frames: StoreFrames) -> str | None:
 
 def wilson(k: int, n: int) -> tuple[float, float]:
     """95% Wilson score interval of k successes in n trials, in %."""
-    interval = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-    return 100 * float(interval.low), 100 * float(interval.high)
+    low, high = wilson_interval(k, n)
+    return 100 * low, 100 * high
 
 
 def headline_table(frames: StoreFrames) -> pd.DataFrame:
