@@ -78,7 +78,7 @@ class AutoAttackAdapter(Attack):
         return x_adv.to(x.dtype)
 
 
-@register_attack("autoattack", kind="bounded", paper="Croce & Hein 2020 (standard version)")
+@register_attack("autoattack", kind="bounded", gradients=True, paper="Croce & Hein 2020 (standard version)")
 class AutoAttack(AutoAttackAdapter):
     """AutoAttack standard: APGD-CE, APGD-T, FAB-T, Square in a cascade (pyautoattack)."""
 
@@ -88,7 +88,7 @@ class AutoAttack(AutoAttackAdapter):
 def _component(stage: str, summary: str) -> type[AutoAttackAdapter]:
     cls = type(f"AutoAttack_{stage.replace('-', '_')}", (AutoAttackAdapter,),
                {"name": stage, "stages": (stage,), "__doc__": summary, "__module__": __name__})
-    register_attack(stage, kind="bounded", paper="Croce & Hein 2020")(cls)
+    register_attack(stage, kind="bounded", gradients=stage != "square", paper="Croce & Hein 2020")(cls)
     return cls
 
 

@@ -31,7 +31,7 @@ from bench.errors import ConfigError
 _UPPER_INIT = 1e10
 
 
-@register_attack("cw", kind="minimum-norm", unbounded=True, paper="Carlini & Wagner 2017, sec. V.A (L2)")
+@register_attack("cw", kind="minimum-norm", gradients=True, unbounded=True, paper="Carlini & Wagner 2017, sec. V.A (L2)")
 class CarliniWagnerL2(Attack):
     """C&W-L2 with ``search_steps`` rounds of binary search over c, ``steps`` Adam steps each."""
 

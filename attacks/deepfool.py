@@ -72,7 +72,7 @@ def box_feasible(w: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
     return w.masked_fill(blocked, 0.0)
 
 
-@register_attack("deepfool", kind="minimum-norm", unbounded=True, paper="Moosavi-Dezfooli et al. 2016, Alg. 2-3")
+@register_attack("deepfool", kind="minimum-norm", gradients=True, unbounded=True, paper="Moosavi-Dezfooli et al. 2016, Alg. 2-3")
 class DeepFool(Attack):
     """Minimum-norm DeepFool for L2 or Linf; ``candidates`` limits the classes considered to the
     most likely ones (None: all)."""

@@ -24,7 +24,7 @@ from bench.enums import Norm
 from bench.errors import ConfigError
 
 
-@register_attack("fgs-line", kind="minimum-norm", curve_only=True, paper="Yan et al. 2018, sec. 4.1 (FGS, eps_ref)")
+@register_attack("fgs-line", kind="minimum-norm", gradients=True, curve_only=True, paper="Yan et al. 2018, sec. 4.1 (FGS, eps_ref)")
 class FGSLine(Attack):
     """Minimum-norm search along the FGS direction; unfooled images end at ``max_eps``."""
 

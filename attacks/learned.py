@@ -48,7 +48,7 @@ class _LearnedAttack(Attack):
         return (x + self.hooks.project(x_adv - x, self.eps)).clamp(0, 1)
 
 
-@register_attack("pgn-generator", kind="learned", source="defense", learned_aux="generator",
+@register_attack("pgn-generator", kind="learned", gradients=True, source="defense", learned_aux="generator",
                  paper="seed 000 sec. 3 (the trained perturbation generator)")
 class GeneratorAttack(_LearnedAttack):
     """One pass of a trained PGN generator on the target's class-probability gradient."""
@@ -69,7 +69,7 @@ class GeneratorAttack(_LearnedAttack):
             return self.fit_ball(x, pgn_adversarial(self.network, x, y, grad))
 
 
-@register_attack("l2l-attacker", kind="learned", source="defense", learned_aux="attacker",
+@register_attack("l2l-attacker", kind="learned", gradients=True, source="defense", learned_aux="attacker",
                  paper="seed 003 sec. 3 (the trained attacker network)")
 class L2LAttack(_LearnedAttack):
     """A trained L2L attacker (one or two applications, as trained) on the target's gradients."""

@@ -16,7 +16,7 @@ from attacks.registry import register_attack
 from bench.errors import ConfigError
 
 
-@register_attack("noise", kind="bounded", paper="Carlini et al. 2019, sec. 5 (sanity baseline)")
+@register_attack("noise", kind="bounded", gradients=False, paper="Carlini et al. 2019, sec. 5 (sanity baseline)")
 class UniformNoise(Attack):
     """Keeps, per example, the first draw that fools the model (else the last draw)."""
 

@@ -54,7 +54,7 @@ class TorchattacksAdapter(Attack):
             return attack(x, y).detach().to(x.dtype)
 
 
-@register_attack("ta-fgsm", kind="bounded", library="torchattacks")
+@register_attack("ta-fgsm", kind="bounded", gradients=True, library="torchattacks")
 class TAFGSM(TorchattacksAdapter):
     """torchattacks.FGSM (Linf)."""
 
@@ -64,7 +64,7 @@ class TAFGSM(TorchattacksAdapter):
         super().__init__(Norm.LINF, eps, seed, eps=eps)
 
 
-@register_attack("ta-pgd", kind="bounded", library="torchattacks")
+@register_attack("ta-pgd", kind="bounded", gradients=True, library="torchattacks")
 class TAPGD(TorchattacksAdapter):
     """torchattacks.PGD (Linf, random start)."""
 
@@ -75,7 +75,7 @@ class TAPGD(TorchattacksAdapter):
         super().__init__(Norm.LINF, eps, seed, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
 
 
-@register_attack("ta-pgdl2", kind="bounded", library="torchattacks")
+@register_attack("ta-pgdl2", kind="bounded", gradients=True, library="torchattacks")
 class TAPGDL2(TorchattacksAdapter):
     """torchattacks.PGDL2."""
 
@@ -86,7 +86,7 @@ class TAPGDL2(TorchattacksAdapter):
         super().__init__(Norm.L2, eps, seed, eps=eps, alpha=alpha, steps=steps, random_start=random_start)
 
 
-@register_attack("ta-mim", kind="bounded", library="torchattacks")
+@register_attack("ta-mim", kind="bounded", gradients=True, library="torchattacks")
 class TAMIM(TorchattacksAdapter):
     """torchattacks.MIFGSM (Linf)."""
 
@@ -97,7 +97,7 @@ class TAMIM(TorchattacksAdapter):
         super().__init__(Norm.LINF, eps, seed, eps=eps, alpha=alpha, steps=steps, decay=decay)
 
 
-@register_attack("ta-deepfool", kind="minimum-norm", library="torchattacks")
+@register_attack("ta-deepfool", kind="minimum-norm", gradients=True, library="torchattacks")
 class TADeepFool(TorchattacksAdapter):
     """torchattacks.DeepFool (L2)."""
 
@@ -107,7 +107,7 @@ class TADeepFool(TorchattacksAdapter):
         super().__init__(None, None, seed, steps=steps, overshoot=overshoot)
 
 
-@register_attack("ta-cw", kind="minimum-norm", library="torchattacks")
+@register_attack("ta-cw", kind="minimum-norm", gradients=True, library="torchattacks")
 class TACW(TorchattacksAdapter):
     """torchattacks.CW (L2, fixed c, no binary search)."""
 
@@ -118,7 +118,7 @@ class TACW(TorchattacksAdapter):
         super().__init__(None, None, seed, c=c, kappa=kappa, steps=steps, lr=lr)
 
 
-@register_attack("ta-apgd", kind="bounded", library="torchattacks")
+@register_attack("ta-apgd", kind="bounded", gradients=True, library="torchattacks")
 class TAAPGD(TorchattacksAdapter):
     """torchattacks.APGD."""
 
@@ -131,7 +131,7 @@ class TAAPGD(TorchattacksAdapter):
                          steps=steps, n_restarts=n_restarts, loss=loss, seed=seed)
 
 
-@register_attack("ta-autoattack", kind="bounded", library="torchattacks")
+@register_attack("ta-autoattack", kind="bounded", gradients=True, library="torchattacks")
 class TAAutoAttack(TorchattacksAdapter):
     """torchattacks.AutoAttack (standard version; note: 10 steps per APGD stage in 3.5.1)."""
 

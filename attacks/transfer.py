@@ -38,7 +38,7 @@ def _digest(*tensors: torch.Tensor | None) -> str:
     return sha.hexdigest()
 
 
-@register_attack("transfer", kind="black-box", source="surrogate", paper="Papernot et al. 2017; seed 003 sec. 3.1, Tables 3, 6, 7")
+@register_attack("transfer", kind="black-box", gradients=False, source="surrogate", paper="Papernot et al. 2017; seed 003 sec. 3.1, Tables 3, 6, 7")
 class Transfer(Attack):
     """Run ``base`` white-box on ``source_model`` and hand its x_adv to the target unchanged.
 

@@ -158,3 +158,23 @@ def test_the_environment_diff_names_machine_changes_not_the_evaluation_s_executi
     assert environment_diff(stored, {"torch": "2.13.0", "packages": {"numpy": "2.0"}}) == {}
     assert environment_diff(stored, {"torch": "2.14.0", "packages": {"numpy": "2.1"}}) == {
         "torch": ["2.13.0", "2.14.0"], "packages.numpy": ["2.0", "2.1"]}
+
+
+def test_a_plugin_gradient_attack_joins_the_noise_check_by_its_registry_metadata(monkeypatch):
+    from attacks import ATTACKS, register_attack
+    from attacks.base import Attack
+    from bench.audit.masking import noise_beats_gradient
+
+    monkeypatch.setattr(ATTACKS, "_entries", dict(ATTACKS._entries))   # the plugins leave with the test
+    for name, follows in (("plugin-grad", True), ("plugin-query", False)):
+        register_attack(name, kind="bounded", gradients=follows)(type(name, (Attack,), {"name": name, "perturb": None}))
+
+    def row(attack_id, attack, fooled):
+        return {"attack_id": attack_id, "attack": attack, "norm": "linf", "eps": 0.3, "grid_of": None,
+                "threat": "white-box", "config": {},
+                "examples": [{"clean_correct": True, "success": bool(f)} for f in fooled]}
+
+    noise = row("noise", "noise", [1, 1, 0, 0])
+    for attack, flagged in (("plugin-grad", False), ("plugin-query", None)):
+        flags = noise_beats_gradient([noise, row("plugin", attack, [1, 1, 1, 0])], tolerance=2.0)
+        assert [f.flagged for f in flags] == ([] if flagged is None else [flagged])

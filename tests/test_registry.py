@@ -35,3 +35,13 @@ def test_duplicate_registration_is_an_error():
 def test_every_entry_is_documented(registry):
     for name in registry:
         assert registry.get(name).summary, f"{registry.kind} {name} has no docstring"
+
+
+def test_every_attack_declares_whether_it_follows_gradients():
+    """The masking checks ask the registry (``gradients``), never a list of names: a plugin attack
+    that declares it joins them."""
+    from attacks import ATTACKS
+
+    undeclared = [name for name in ATTACKS if not isinstance(ATTACKS.get(name).metadata.get("gradients"), bool)]
+    assert undeclared == []
+    assert ATTACKS.get("pgd").metadata["gradients"] and not ATTACKS.get("noise").metadata["gradients"]

@@ -34,9 +34,6 @@ from bench.indicators import UNBOUNDED_SUCCESS, Indicator
 from results.frames import white_box_config
 from results.optimality import SUBOPTIMAL, attack_optimality
 
-#: Attacks that follow the model's gradient (noise, transfer and worst-case rows are not).
-GRADIENT_ATTACKS = ("fgsm", "pgd", "mim", "apgd-ce", "apgd-t", "autoattack", "ta-fgsm", "ta-pgd", "ta-mim",
-                    "ta-apgd", "ta-autoattack", "ta-pgdl2")
 CHECKS = ("noise-beats-gradient", "one-step-beats-iterative", "eps-not-monotone", "unbounded-not-total",
           "black-box-beats-white-box", "iterations-unconverged", "ce-cw-disagree", "attack-suboptimal")
 
@@ -87,6 +84,11 @@ def _pgd_variant(config: dict[str, Any], **changes: Any):
     return ATTACKS.create("pgd", **{**params, **changes})
 
 
+def _follows_gradients(row: dict[str, Any]) -> bool:
+    """A white-box attack that follows the model's gradient (registry metadata ``gradients``)."""
+    return row["attack"] in ATTACKS and bool(ATTACKS.get(row["attack"]).metadata.get("gradients"))
+
+
 def _pct(count: int | float, n: int) -> float:
     return 100.0 * count / n if n else 0.0
 
@@ -102,7 +104,7 @@ def _protocol_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def noise_beats_gradient(rows: list[dict[str, Any]], tolerance: float) -> list[Flag]:
     flags = []
     for noise in (r for r in _protocol_rows(rows) if r["attack"] == "noise"):
-        gradient = [r for r in _protocol_rows(rows) if r["attack"] in GRADIENT_ATTACKS and _threat(r) == _threat(noise)]
+        gradient = [r for r in _protocol_rows(rows) if _follows_gradients(r) and _threat(r) == _threat(noise)]
         if not gradient:
             continue
         n = len(noise["examples"])
