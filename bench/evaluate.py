@@ -398,7 +398,7 @@ def worst_case_rows(rows: list[dict[str, Any]], clean_pred: torch.Tensor, y: tor
     broken when any attack of that threat model fooled it: a bounded attack of the same norm and
     eps (white- or black-box), or a minimum-norm attack of that norm whose perturbation fits in
     eps. Its per-example norms and label come from the first such attack in protocol order."""
-    threats = sorted({(r["norm"], r["eps"]) for r in rows if r["eps"] is not None and r["attack"] != "worst-case"})
+    threats = sorted({(r["norm"], r["eps"]) for r in rows if r["eps"] is not None and r["attack"] != PseudoAttack.WORST_CASE})
     out = []
     for norm, eps in threats:
         members = []
@@ -420,9 +420,9 @@ def worst_case_rows(rows: list[dict[str, Any]], clean_pred: torch.Tensor, y: tor
                              "pred": first["pred"] if first else int(clean), "success_step": None,
                              "x_l2": members[0][0]["examples"][i]["x_l2"] if members else None})
         ids = [row["attack_id"] for row, _ in members]
-        out.append({"attack_id": f"worst-case-{norm}-{eps:g}", "attack": "worst-case",
-                    "attack_key": canonical_hash({"worst-case": [row["attack_key"] for row, _ in members]}),
-                    "config": {"name": "worst-case", "norm": norm, "eps": eps, "members": ids},
+        out.append({"attack_id": f"worst-case-{norm}-{eps:g}", "attack": PseudoAttack.WORST_CASE.value,
+                    "attack_key": canonical_hash({PseudoAttack.WORST_CASE.value: [row["attack_key"] for row, _ in members]}),
+                    "config": {"name": PseudoAttack.WORST_CASE.value, "norm": norm, "eps": eps, "members": ids},
                     "threat": "worst-case", "norm": norm, "eps": eps, **_derived_row_fields(examples)})
     return out
 

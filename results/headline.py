@@ -22,7 +22,7 @@ def headline_attack(frames: StoreFrames) -> str | None:
     """The worst case of AutoAttack's threat model when the protocol runs AutoAttack, else the
     matching's default (the Linf worst case; ``tables.matched_attack_id``)."""
     a = frames.attacks
-    worst = a[a.attack == "worst-case"].drop_duplicates("attack_id")
+    worst = a[a.attack == PseudoAttack.WORST_CASE].drop_duplicates("attack_id")
     for row in a[a.attack == "autoattack"].drop_duplicates("attack_id").itertuples():
         same = worst[(worst.norm == row.norm) & (worst.eps == row.eps)]
         if len(same):
@@ -46,7 +46,7 @@ def headline_table(frames: StoreFrames) -> pd.DataFrame:
         return pd.DataFrame()
     a = frames.attacks[frames.attacks.evaluation_id.isin(finals.evaluation_id) & frames.attacks.grid_of.isna()]
     shown = table_attacks(frames)
-    worst = list(dict.fromkeys(a[a.attack == "worst-case"].attack_id))
+    worst = list(dict.fromkeys(a[a.attack == PseudoAttack.WORST_CASE].attack_id))
     autoattack = list(dict.fromkeys(a[a.attack == "autoattack"].attack_id))
     # the per-norm minimum-norm worst case replaces its member attacks' columns where stored
     summaries = list(dict.fromkeys(a[a.attack == PseudoAttack.MINIMUM_NORM_WORST_CASE.value].attack_id))

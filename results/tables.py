@@ -48,7 +48,7 @@ def final_checkpoints(frames: StoreFrames) -> pd.DataFrame:
 def protocol_attacks(frames: StoreFrames) -> pd.DataFrame:
     """Attack rows of the protocol proper: no eps-grid points, no worst-case rows."""
     a = frames.attacks
-    return a[a.grid_of.isna() & (a.attack != "worst-case")]
+    return a[a.grid_of.isna() & (a.attack != PseudoAttack.WORST_CASE)]
 
 
 def table_attacks(frames: StoreFrames) -> pd.DataFrame:

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from attacks import ATTACKS
+from bench.enums import PseudoAttack
 from bench.evaluate import predict, run_attack
 from bench.indicators import UNBOUNDED_SUCCESS, Indicator
 from results.frames import white_box_config
@@ -98,7 +99,7 @@ def _threat(row: dict[str, Any]) -> tuple[str | None, float | None]:
 
 
 def _protocol_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [r for r in rows if r.get("grid_of") is None and r["attack"] != "worst-case"]
+    return [r for r in rows if r.get("grid_of") is None and r["attack"] != PseudoAttack.WORST_CASE]
 
 
 def noise_beats_gradient(rows: list[dict[str, Any]], tolerance: float) -> list[Flag]:
