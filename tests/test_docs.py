@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import ast
 import re
-import subprocess
 from functools import lru_cache
 from pathlib import Path
 
-import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -20,16 +18,19 @@ TEXT_SUFFIXES = (".py", ".yaml", ".md", ".toml")
 ALLOWED_OUTSIDE: set[str] = set()
 
 
+#: The repository's own folders (the design card's top level); work directories and virtual
+#: environments sit beside them and are not walked.
+SOURCE_DIRS = ("attacks", "bench", "defenses", "docs", "examples", "results", "tests")
+
+
 @lru_cache(maxsize=1)
 def tracked_text_files() -> tuple[str, ...]:
-    """Tracked *.py, *.yaml, *.md and *.toml files, outside any virtual environment."""
-    try:
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout: cannot enumerate tracked files")
-    names = [n for n in out.decode().split("\0") if n]
-    return tuple(n for n in names if n.endswith(TEXT_SUFFIXES) and not n.startswith((".venv/", "venv/"))
-                 and (ROOT / n).is_file())
+    """The repository's *.py, *.yaml, *.md and *.toml files: the top-level ones and those under
+    its own folders (found on disk, so a copy without .git is checked the same)."""
+    found = [p for p in ROOT.iterdir() if p.is_file()]
+    found += [p for folder in SOURCE_DIRS for p in (ROOT / folder).rglob("*") if p.is_file()]
+    names = (p.relative_to(ROOT).as_posix() for p in found)
+    return tuple(sorted(n for n in names if n.endswith(TEXT_SUFFIXES) and "__pycache__" not in n))
 
 
 def read(name: str) -> str:
