@@ -292,7 +292,7 @@ class GradientAttack(Attack):
                        target: torch.Tensor | None = None) -> torch.Tensor:
         """Every restart runs all its steps on every example; with several restarts each example
         keeps the last iterate of highest loss (the loss the attack ascends; targeted: its negative)."""
-        best, best_loss = x.clone(), None
+        best, best_loss = x.clone(), torch.full((x.shape[0],), float("-inf"), device=x.device)
         goal = target if target is not None else y
         for restart in range(self.restarts):
             start = self.hooks.random_start(x, self.eps, generator) if self.random_start else None
@@ -306,9 +306,9 @@ class GradientAttack(Attack):
             with torch.no_grad():
                 loss = get_loss(self.loss)(model(last), goal) * (-1 if target is not None else 1)
             counter.add(x.shape[0], backward=False)
-            better = loss > best_loss if best_loss is not None else torch.ones_like(loss, dtype=torch.bool)
+            better = loss > best_loss
             best = torch.where(better.view(-1, *([1] * (x.ndim - 1))), last, best)
-            best_loss = loss if best_loss is None else torch.where(better, loss, best_loss)
+            best_loss = torch.where(better, loss, best_loss)
         return best
 
 
